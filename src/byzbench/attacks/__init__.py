@@ -1,0 +1,7 @@
+"""Attacks: registered classes crafting the Byzantine rows from an `AttackerView`."""
+
+from __future__ import annotations
+
+from byzbench.attacks.base import ATTACKS, KNOWLEDGE_LEVELS, Attack, AttackerView
+
+__all__ = ["ATTACKS", "KNOWLEDGE_LEVELS", "Attack", "AttackerView"]

@@ -1,0 +1,77 @@
+"""Attack interface and the attacker's view of a round (ALGORITHMS.md §4.0).
+
+An attack crafts the f Byzantine rows from an `AttackerView`, which the engine fills
+with exactly what the attack's knowledge level entitles it to:
+
+- ``own``: the honest messages the Byzantine clients themselves would have sent this
+  round, computed on their own data (``view.honest`` is those f rows);
+- ``omniscient``: every honest client's message of the round (``view.honest`` is the
+  h = n − f honest rows);
+- ``aggregator-aware``: omniscient, and may call ``view.defense`` (never the server's
+  private random draws).
+
+An attack works at one of two levels: ``"message"`` attacks (ALIE, IPM, …) replace the
+Byzantine messages after worker momentum; ``"gradient"`` attacks (sign flip) replace
+the Byzantine clients' gradients, which then go through their own momentum.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from byzbench.models.layout import ParamLayout
+from byzbench.registry import Registry
+
+ATTACKS: Registry = Registry("attack", package="byzbench.attacks")
+
+KNOWLEDGE_LEVELS = ("own", "omniscient", "aggregator-aware")
+LEVELS = ("message", "gradient")
+
+
+@dataclass
+class AttackerView:
+    """What an attack may see when it crafts the Byzantine rows of round ``round``."""
+
+    honest: torch.Tensor  # [h or f, d] honest rows the attacker is entitled to see
+    own: torch.Tensor  # [f, d] the Byzantine clients' own honest rows (gradients or messages)
+    n: int
+    f: int
+    round: int
+    params: torch.Tensor  # [d] current model parameters θ_t (read-only)
+    layout: ParamLayout
+    generator: torch.Generator
+    knowledge: str
+    prev_aggregate: torch.Tensor | None = None
+    defense: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack(abc.ABC):
+    """Crafts the ``[f, d]`` Byzantine rows of a round."""
+
+    #: Least knowledge the attack needs, one of KNOWLEDGE_LEVELS.
+    knowledge: str = "omniscient"
+    #: Knowledge levels the attack is defined for (a config may downgrade within them).
+    supported_knowledge: tuple[str, ...] = ("own", "omniscient", "aggregator-aware")
+    #: "message" (after worker momentum) or "gradient" (before it).
+    level: str = "message"
+
+    @property
+    def name(self) -> str:
+        return getattr(type(self), "registry_name", type(self).__name__)
+
+    @abc.abstractmethod
+    def craft(self, view: AttackerView) -> torch.Tensor:
+        """The f Byzantine rows, shape ``[f, d]``, same device and dtype as the inputs."""
+
+    def reset(self) -> None:
+        """Forget any state kept between rounds (a new run starts)."""
+
+
+def broadcast_rows(row: torch.Tensor, f: int) -> torch.Tensor:
+    """``f`` identical copies of ``row`` as an ``[f, d]`` view (no copy)."""
+    return row.unsqueeze(0).expand(f, -1)

@@ -1,0 +1,173 @@
+"""Aggregator and pre-aggregator interfaces, with the policies of ALGORITHMS.md §0.
+
+Every rule receives the ``[n, d]`` matrix of client messages and the number ``f`` of
+Byzantine rows it must tolerate, and works on whatever device and dtype it is given.
+The base class applies, before the rule itself:
+
+- the **non-finite policy** (``nonfinite``): ``"as_byzantine"`` (default) removes rows
+  holding NaN/±Inf and lowers f by their count, raising if more than f rows are
+  non-finite; ``"drop"`` removes them and keeps f; ``"raise"`` refuses them;
+  ``"propagate"`` (the plain mean's default) leaves them in, as the textbook rule does;
+- the **feasibility policy** (``infeasible``): ``"raise"`` (default) when the rule's
+  requirement on n and f fails, or ``"clamp"`` to lower f to the largest feasible value,
+  as reference codes silently do.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from byzbench.errors import ConfigError, InfeasibleError, NonFiniteInputError
+from byzbench.registry import Registry
+
+AGGREGATORS: Registry = Registry("aggregator", package="byzbench.defenses")
+PREAGGREGATORS: Registry = Registry("pre-aggregator", package="byzbench.defenses")
+
+NONFINITE_POLICIES = ("as_byzantine", "drop", "raise", "propagate")
+INFEASIBLE_POLICIES = ("raise", "clamp")
+
+
+@dataclass
+class AggregationContext:
+    """What a rule may use besides its input: the round and its own random generator."""
+
+    round: int = 0
+    generator: torch.Generator | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+def finite_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """Boolean mask of rows of ``x`` whose entries are all finite, or None if all are.
+
+    A row with a finite sum has no NaN/±Inf entry, so the exact element-wise test runs
+    only when some row sum is not finite (a NaN/Inf entry, or a huge finite row whose
+    sum overflows).
+    """
+    if bool(torch.isfinite(x.sum(dim=1)).all()):
+        return None
+    mask = torch.isfinite(x).all(dim=1)
+    return None if bool(mask.all()) else mask
+
+
+class _Rule(abc.ABC):
+    """Shared policy handling of aggregators and pre-aggregators."""
+
+    #: The rule's requirement on (n, f), written for error messages.
+    requirement: str = "n > 2f"
+    #: Default non-finite policy of the class.
+    default_nonfinite: str = "as_byzantine"
+
+    def __init__(self, *, nonfinite: str | None = None, infeasible: str = "raise") -> None:
+        nonfinite = nonfinite or self.default_nonfinite
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        if infeasible not in INFEASIBLE_POLICIES:
+            raise ValueError(f"infeasible must be one of {INFEASIBLE_POLICIES}, got {infeasible!r}")
+        self.nonfinite = nonfinite
+        self.infeasible = infeasible
+
+    @property
+    def name(self) -> str:
+        return getattr(type(self), "registry_name", type(self).__name__)
+
+    def feasible(self, n: int, f: int) -> bool:
+        """Whether the rule's guarantee holds for n rows with f Byzantine (default n > 2f)."""
+        return n > 2 * f
+
+    def check(self, n: int, f: int) -> int:
+        """The f to use: f itself, or the clamped value; raise `InfeasibleError` otherwise."""
+        if f < 0:
+            raise InfeasibleError(f"{self.name}: f must be ≥ 0, got {f}")
+        if self.feasible(n, f):
+            return f
+        if self.infeasible == "clamp":
+            while f > 0 and not self.feasible(n, f):
+                f -= 1
+            if self.feasible(n, f):
+                return f
+        raise InfeasibleError(f"{self.name} requires {self.requirement}; got n = {n}, f = {f}")
+
+    def screen(self, x: torch.Tensor, f: int) -> tuple[torch.Tensor, int]:
+        """Apply the non-finite policy: the rows to aggregate and the f that remains."""
+        if x.dim() != 2:
+            raise ValueError(f"{self.name} expects a 2-D [n, d] input, got shape {tuple(x.shape)}")
+        if self.nonfinite == "propagate":
+            return x, f
+        mask = finite_rows(x)
+        if mask is None:
+            return x, f
+        bad = int((~mask).sum())
+        if self.nonfinite == "raise":
+            raise NonFiniteInputError(f"{self.name}: {bad} row(s) hold NaN or ±Inf")
+        if self.nonfinite == "as_byzantine":
+            if bad > f:
+                raise NonFiniteInputError(
+                    f"{self.name}: {bad} non-finite rows exceed f = {f} (policy as_byzantine)"
+                )
+            f -= bad
+        return x[mask], f
+
+    def reset(self) -> None:
+        """Forget any state kept between rounds (a new run starts)."""
+
+
+class Aggregator(_Rule):
+    """A robust aggregation rule: ``[n, d]`` messages → one ``[d]`` vector."""
+
+    #: False for rules that give no Byzantine guarantee (the plain mean).
+    robust: bool = True
+
+    def __call__(self, x: torch.Tensor, f: int, ctx: AggregationContext | None = None) -> torch.Tensor:
+        ctx = ctx or AggregationContext()
+        x, f = self.screen(x, f)
+        if x.shape[0] == 0:
+            raise NonFiniteInputError(f"{self.name}: no row left to aggregate")
+        f = self.check(x.shape[0], f)
+        return self.aggregate(x, f, ctx)
+
+    @abc.abstractmethod
+    def aggregate(self, x: torch.Tensor, f: int, ctx: AggregationContext) -> torch.Tensor:
+        """The rule on finite rows with a feasible f."""
+
+
+class PreAggregator(_Rule):
+    """A pre-aggregation step: ``[n, d]`` → ``[n', d]`` and the f' it passes on."""
+
+    def __call__(
+        self, x: torch.Tensor, f: int, ctx: AggregationContext | None = None
+    ) -> tuple[torch.Tensor, int]:
+        ctx = ctx or AggregationContext()
+        x, f = self.screen(x, f)
+        f = self.check(x.shape[0], f)
+        return self.transform(x, f, ctx)
+
+    @abc.abstractmethod
+    def transform(self, x: torch.Tensor, f: int, ctx: AggregationContext) -> tuple[torch.Tensor, int]:
+        """The step on finite rows: the new rows and the f for the next stage."""
+
+
+def check_int(value: Any, name: str, minimum: int | None = None) -> int | None:
+    """Validate an optional integer hyperparameter (raises ValueError naming it)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be ≥ {minimum}, got {value}")
+    return value
+
+
+__all__ = [
+    "AGGREGATORS",
+    "PREAGGREGATORS",
+    "AggregationContext",
+    "Aggregator",
+    "ConfigError",
+    "PreAggregator",
+    "check_int",
+    "finite_rows",
+]

@@ -1,0 +1,38 @@
+"""Coordinate-wise median (CM)."""
+
+from __future__ import annotations
+
+import torch
+
+from byzbench.defenses.base import AGGREGATORS, AggregationContext, Aggregator
+from byzbench.ops.sortnet import order_statistics
+
+MEDIAN_MODES = ("midpoint", "lower")
+
+
+@AGGREGATORS.register("median", aliases=("cm", "comed", "coordinate_median"))
+class CoordinateMedian(Aggregator):
+    """Coordinate-wise median (Yin, Chen, Kannan, Bartlett, ICML 2018).
+
+    [AGG(X)]_j = median_i x_ij. For even n, ``mode="midpoint"`` (default) averages the two
+    middle values; ``mode="lower"`` returns the lower one, as ``torch.median`` does in
+    several reference codes (ALGORITHMS.md §0, §8.1). Robust for f < n/2.
+    """
+
+    def __init__(self, mode: str = "midpoint", **common) -> None:
+        super().__init__(**common)
+        if mode not in MEDIAN_MODES:
+            raise ValueError(f"mode must be one of {MEDIAN_MODES}, got {mode!r}")
+        self.mode = mode
+
+    def aggregate(self, x: torch.Tensor, f: int, ctx: AggregationContext) -> torch.Tensor:
+        return coordinate_median(x, self.mode)
+
+
+def coordinate_median(x: torch.Tensor, mode: str = "midpoint") -> torch.Tensor:
+    """Per-coordinate median of ``x[n, d]`` (midpoint or lower for even n)."""
+    n = x.shape[0]
+    if n % 2 == 1 or mode == "lower":
+        return order_statistics(x, ((n - 1) // 2,))[0]
+    lo, hi = order_statistics(x, (n // 2 - 1, n // 2))
+    return (lo + hi) / 2

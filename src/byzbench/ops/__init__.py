@@ -1,0 +1,1 @@
+"""Vectorised numerical kernels shared by aggregators and attacks."""

@@ -1,0 +1,248 @@
+"""`Simulation`: synchronous robust distributed SGD (ALGORITHMS.md §1.1–§1.2).
+
+One round t:
+
+1. every client (Byzantine ones too, on their own data) computes its stochastic
+   gradient g_i at θ_t on a mini-batch of its partition — one pass over n·B samples;
+2. a ``gradient``-level attack replaces the Byzantine gradients;
+3. worker momentum (optional): m_i ← β m_i + (1−β) g_i (dampened) or β m_i + g_i;
+4. a ``message``-level attack crafts the f Byzantine messages from its `AttackerView`;
+5. the n messages are placed in a random order (fresh each round) and the defense
+   returns R_t;
+6. the server steps θ_{t+1} = θ_t − γ_t (clip(R_t) + λ θ_t).
+
+Per-round metrics (training loss of the honest clients, ‖R‖, ‖R − μ_H‖, cos(R, μ_H),
+learning rate) and periodic test metrics are recorded. A run whose parameters or loss
+turn non-finite stops and is reported as ``diverged`` at that round.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from byzbench import __version__
+from byzbench.attacks import ATTACKS, Attack, AttackerView
+from byzbench.config import ExperimentConfig, resolve_device
+from byzbench.data import load_dataset, partition
+from byzbench.defenses import AggregationContext, Defense
+from byzbench.errors import NonFiniteInputError
+from byzbench.models import bind_flat, build_model
+from byzbench.sim.clients import ClientGradients, choose_strategy, evaluate
+from byzbench.sim.sampler import ClientSampler
+from byzbench.sim.schedule import SCHEDULES
+
+ROUND_METRICS = ("train_loss", "agg_norm", "dist_to_honest_mean", "cos_to_honest_mean")
+STREAMS = ("partition", "sampling", "init", "attack", "defense", "shuffle", "dropout")
+
+Progress = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass
+class RunResult:
+    """Outcome of one run: status, final test metrics and the per-round history."""
+
+    run_id: str
+    config: dict[str, Any]
+    status: str  # "finished" or "diverged"
+    rounds_completed: int
+    final_accuracy: float | None
+    final_loss: float | None
+    diverged_round: int | None
+    wall_time_s: float
+    metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def series(self, name: str) -> list[float]:
+        return [v for _, v in self.metrics.get(name, [])]
+
+
+def seed_streams(seed: int) -> dict[str, int]:
+    """Independent 63-bit seeds for each random stream, derived from the config seed."""
+    children = np.random.SeedSequence(seed).spawn(len(STREAMS))
+    return {name: int(c.generate_state(1, np.uint64)[0] >> np.uint64(1)) for name, c in zip(STREAMS, children)}
+
+
+class Simulation:
+    """A configured run; all set-up (data, partition, model, components) happens here."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config.validate()
+        cfg = config
+        self.device = resolve_device(cfg.device)
+        self.seeds = seed_streams(cfg.seed)
+        self.n, self.f = cfg.n_clients, cfg.n_byzantine
+        self.h = self.n - self.f
+        self.dataset = load_dataset(cfg.data.name, cfg.data.params, "data")
+        parts = partition(
+            cfg.partition.name, cfg.partition.params, self.dataset.y_train.numpy(), self.n,
+            np.random.default_rng(self.seeds["partition"]), "partition",
+        )
+        self.parts = parts
+        self.model = build_model(
+            cfg.model.name, cfg.model.params, self.dataset.input_shape, self.dataset.num_classes, self.seeds["init"]
+        ).to(self.device)
+        self.theta, self.layout = bind_flat(self.model)
+        self.d = self.layout.dim
+        self.strategy = choose_strategy(cfg.strategy, self.model, self.device)
+        self.gradients = ClientGradients(self.model, self.layout, self.n, self.strategy)
+        attack_params = dict(cfg.attack.params)
+        knowledge = attack_params.pop("knowledge", None)
+        self.attack: Attack = ATTACKS.create(cfg.attack.name, "attack", **attack_params)
+        self.knowledge = knowledge or self.attack.knowledge
+        self.defense = Defense.from_spec(cfg.defense, "defense")
+        self.schedule = SCHEDULES.create(cfg.lr_schedule.name, "lr_schedule", **cfg.lr_schedule.params)
+        self.sampler = ClientSampler(parts, cfg.batch_size, _cpu_gen(self.seeds["sampling"]))
+        self._alloc()
+
+    def _alloc(self) -> None:
+        ds, dev = self.dataset, self.device
+        self.x_train, self.y_train = ds.x_train.to(dev), ds.y_train.to(dev)
+        self.x_test, self.y_test = ds.x_test.to(dev), ds.y_test.to(dev)
+        nb = self.n * self.config.batch_size
+        self.xb = torch.empty(nb, *ds.input_shape, device=dev)
+        self.yb = torch.empty(nb, dtype=torch.int64, device=dev)
+        self.grads = torch.empty(self.n, self.d, device=dev)
+        self.momenta = torch.zeros(self.n, self.d, device=dev) if self.config.momentum > 0 else None
+        self.messages = torch.empty(self.n, self.d, device=dev)
+
+    # ------------------------------------------------------------------ the run
+    def run(self, progress: Progress | None = None) -> RunResult:
+        """Train for ``config.rounds`` rounds; never raises on divergence."""
+        cfg = self.config
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.seeds["dropout"])
+            self.attack.reset()
+            self.defense.reset()
+            history, diverged, done = self._loop(progress)
+        wall = time.perf_counter() - start
+        final_loss = final_acc = None
+        if diverged is None:
+            if not _has(history, "test_loss", done):
+                self._record_eval(history, done)
+            final_loss, final_acc = history["test_loss"][-1][1], history["test_accuracy"][-1][1]
+            if not math.isfinite(final_loss):
+                diverged = done
+        return RunResult(
+            run_id=cfg.run_id, config=cfg.to_dict(), status="finished" if diverged is None else "diverged",
+            rounds_completed=done, final_accuracy=final_acc if diverged is None else None,
+            final_loss=final_loss if diverged is None else None, diverged_round=diverged, wall_time_s=wall,
+            metrics=history,
+            summary={"d": self.d, "strategy": self.strategy, "knowledge": self.knowledge,
+                     "rounds_per_s": done / wall if wall > 0 else float("nan"), "version": __version__,
+                     "device": str(self.device), "n_train": int(self.dataset.y_train.numel())},
+        )
+
+    def _loop(self, progress: Progress | None) -> tuple[dict[str, list[tuple[int, float]]], int | None, int]:
+        cfg = self.config
+        rows = torch.full((cfg.rounds, len(ROUND_METRICS)), float("nan"), dtype=torch.float64, device=self.device)
+        history: dict[str, list[tuple[int, float]]] = {"test_loss": [], "test_accuracy": []}
+        self._record_eval(history, 0)
+        shuffle_gen = _cpu_gen(self.seeds["shuffle"])
+        ctx = AggregationContext(generator=_gen(self.seeds["defense"], self.device))
+        attack_gen = _gen(self.seeds["attack"], self.device)
+        prev: torch.Tensor | None = None
+        diverged: int | None = None
+        done = 0
+        for t in range(cfg.rounds):
+            lr = cfg.lr * self.schedule.factor(t)
+            try:
+                aggregate, metrics = self._round(t, prev, shuffle_gen, ctx, attack_gen)
+            except NonFiniteInputError:
+                diverged = t
+                break
+            rows[t] = metrics
+            self._step(aggregate, lr)
+            prev = aggregate
+            done = t + 1
+            if not (math.isfinite(float(metrics[0])) and bool(torch.isfinite(self.theta).all())):
+                diverged = t
+                break
+            if done % cfg.eval_every == 0 and done < cfg.rounds:
+                self._record_eval(history, done)
+            if progress is not None:
+                progress(done, cfg.rounds, {"train_loss": float(metrics[0]), **_last_eval(history)})
+        table = rows[:done].cpu().tolist()
+        for j, name in enumerate(ROUND_METRICS):
+            history[name] = [(t, table[t][j]) for t in range(done)]
+        history["lr"] = [(t, cfg.lr * self.schedule.factor(t)) for t in range(done)]
+        return history, diverged, done
+
+    def _round(self, t: int, prev: torch.Tensor | None, shuffle_gen: torch.Generator,
+               ctx: AggregationContext, attack_gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, h, f = self.config, self.h, self.f
+        idx = self.sampler.next().to(self.device)
+        torch.index_select(self.x_train, 0, idx, out=self.xb)
+        torch.index_select(self.y_train, 0, idx, out=self.yb)
+        losses = self.gradients(self.xb, self.yb, self.grads)
+        if f and self.attack.level == "gradient":
+            self.grads[h:] = self.attack.craft(self._view(self.grads, t, prev, attack_gen))
+        sent = self.grads
+        if self.momenta is not None:
+            beta = cfg.momentum
+            self.momenta.mul_(beta).add_(self.grads, alpha=(1 - beta) if cfg.momentum_dampening else 1.0)
+            sent = self.momenta
+        honest = sent[:h]
+        byz = sent[h:]
+        if f and self.attack.level == "message":
+            byz = self.attack.craft(self._view(sent, t, prev, attack_gen))
+        order = torch.randperm(self.n, generator=shuffle_gen).to(self.device)
+        self.messages.index_copy_(0, order[:h], honest)
+        if f:
+            self.messages.index_copy_(0, order[h:], byz.to(self.messages.dtype).expand(f, -1))
+        ctx.round = t
+        aggregate = self.defense(self.messages, f, ctx)
+        mu = honest.mean(dim=0)
+        norm, mu_norm = aggregate.norm(), mu.norm()
+        cos = torch.dot(aggregate, mu) / (norm * mu_norm).clamp_min(1e-12)
+        metrics = torch.stack([losses[:h].mean(), norm, (aggregate - mu).norm(), cos]).to(torch.float64)
+        return aggregate, metrics
+
+    def _view(self, rows: torch.Tensor, t: int, prev: torch.Tensor | None, gen: torch.Generator) -> AttackerView:
+        h, own = self.h, rows[self.h :]
+        honest = own if self.knowledge == "own" else rows[:h]
+        defense = None
+        if self.knowledge == "aggregator-aware":
+            defense = lambda x, f: self.defense(x, f, AggregationContext(round=t))  # noqa: E731
+        return AttackerView(
+            honest=honest, own=own, n=self.n, f=self.f, round=t, params=self.theta,
+            layout=self.layout, generator=gen, knowledge=self.knowledge, prev_aggregate=prev, defense=defense,
+        )
+
+    def _step(self, aggregate: torch.Tensor, lr: float) -> None:
+        cfg = self.config
+        if cfg.clip_norm is not None:
+            norm = float(aggregate.norm())
+            if norm > cfg.clip_norm:
+                aggregate = aggregate * (cfg.clip_norm / norm)
+        if cfg.weight_decay:
+            aggregate = aggregate.add(self.theta, alpha=cfg.weight_decay)
+        self.theta.add_(aggregate, alpha=-lr)
+
+    def _record_eval(self, history: dict[str, list[tuple[int, float]]], rnd: int) -> None:
+        loss, acc = evaluate(self.model, self.x_test, self.y_test)
+        history["test_loss"].append((rnd, loss))
+        history["test_accuracy"].append((rnd, acc))
+
+
+def _has(history: dict[str, list[tuple[int, float]]], name: str, rnd: int) -> bool:
+    return any(r == rnd for r, _ in history.get(name, []))
+
+
+def _last_eval(history: dict[str, list[tuple[int, float]]]) -> dict[str, float]:
+    acc = history.get("test_accuracy") or []
+    return {"test_accuracy": acc[-1][1]} if acc else {}
+
+
+def _cpu_gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _gen(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
