@@ -88,10 +88,10 @@ def test_synthetic_shapes_balance_reproducible():
     counts = np.bincount(d.y_train.numpy(), minlength=4)
     assert counts.max() - counts.min() <= 1
     np.testing.assert_array_equal(np.bincount(d.y_test.numpy()), [50] * 4)
-    again = DATASETS.create("synthetic", None, num_train=1003, num_test=200, dim=7, num_classes=4).load()
+    params = {"num_train": 1003, "num_test": 200, "dim": 7, "num_classes": 4}
+    again = DATASETS.create("synthetic", None, **params).load()
     assert torch.equal(d.x_train, again.x_train) and torch.equal(d.y_test, again.y_test)
-    other = DATASETS.create("synthetic", None, num_train=1003, num_test=200, dim=7, num_classes=4,
-                            seed=1).load()
+    other = DATASETS.create("synthetic", None, **params, seed=1).load()
     assert not torch.allclose(d.x_train, other.x_train)
 
 
@@ -182,7 +182,8 @@ def test_dirichlet_tiny_beta_sends_each_class_to_one_client(mode, digit_labels):
         for i, p in enumerate(parts):
             owner[p] = i
         for c in range(10):
-            shares.append(np.bincount(owner[digit_labels == c], minlength=25).max() / (digit_labels == c).sum())
+            members = owner[digit_labels == c]
+            shares.append(np.bincount(members, minlength=25).max() / members.size)
     assert np.mean(shares) > 0.7
 
 
@@ -202,9 +203,10 @@ def test_dirichlet_per_client_takes_label_sorted_blocks_in_client_order():
     labels = np.repeat(np.arange(4), 50)  # class c holds indices 50c .. 50c+49
     parts = dirichlet(labels, 5, 0, beta=1e4, mode="per_client", min_size=0)
     assert_complete_disjoint(parts, labels.size)
-    for c in range(4):  # shares are ⌊50·q/Σq⌋ ≈ 10, so client 0 holds the first 9 of each class
-        assert set(range(50 * c, 50 * c + 9)) <= set(parts[0].tolist())
-        assert set(range(50 * c + 30, 50 * c + 39)) <= set(parts[3].tolist())
+    # shares ⌊50·q_i/Σq⌋ are 9 or 10, so client i's block of class c spans [50c+10i, 50c+9i+9)
+    for i in range(5):
+        for c in range(4):
+            assert set(range(50 * c + 10 * i, 50 * c + 9 * i + 9)) <= set(parts[i].tolist())
 
 
 @settings(max_examples=30, deadline=None)
@@ -242,6 +244,15 @@ def test_dirichlet_bad_params(params, key, digit_labels):
     assert key.split(".")[1] in str(err.value)
 
 
+def test_registry_create_names_component_and_parameter():
+    with pytest.raises(ConfigError, match="beta must be > 0") as err:
+        PARTITIONERS.create("dirichlet", "partition", beta=-1.0)
+    assert err.value.key == "partition.beta"
+    with pytest.raises(ConfigError, match="test_fraction") as err:
+        DATASETS.create("digits", "data", test_fraction=2)
+    assert err.value.key == "data"
+
+
 def test_unknown_mode_lists_valid_modes(digit_labels):
     with pytest.raises(ConfigError, match="per_class.*balanced.*per_client"):
         partition("dirichlet", {"mode": "nope"}, digit_labels, 10, np.random.default_rng(0))
@@ -263,4 +274,4 @@ def test_impossible_min_size(mode, digit_labels):
 def test_unknown_partitioner(digit_labels):
     with pytest.raises(ConfigError, match="dirichlet") as err:
         partition("shuffle", {}, digit_labels, 10, np.random.default_rng(0))
-    assert err.value.key == "partition"
+    assert err.value.key == "partition.beta"

@@ -22,6 +22,23 @@ class ConfigError(ByzbenchError, ValueError):
         super().__init__(f"{key}: {message}" if key else message)
 
 
+class ParamError(ConfigError):
+    """A bad value for one component parameter; ``param`` is the bare parameter name.
+
+    Raised by component constructors; `Registry.create` re-keys it as ``key.param``
+    (e.g. ``partition.beta``) so that the message names the full config key.
+    """
+
+    def __init__(self, param: str, message: str) -> None:
+        self.param = param
+        self.detail = message
+        super().__init__(message)
+
+    def keyed(self, key: str) -> ConfigError:
+        """This error as a `ConfigError` on ``key.param``."""
+        return ConfigError(self.detail, f"{key}.{self.param}")
+
+
 class InfeasibleError(ConfigError):
     """A rule cannot run with the given n and f (e.g. trimmed mean needs n > 2f)."""
 

@@ -21,7 +21,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
-from byzbench.errors import ConfigError
+from byzbench.errors import ConfigError, ParamError
 
 T = TypeVar("T")
 
@@ -144,13 +144,15 @@ class Registry(Generic[T]):
     def create(self, name: str, key: str | None = None, /, **params: Any) -> T:
         """Instantiate ``name`` with ``params`` after checking the parameter names.
 
-        A ``ValueError``/``TypeError`` raised by the constructor becomes a `ConfigError`
-        naming ``key``.
+        A `ParamError` raised by the constructor becomes a `ConfigError` on ``key.param``;
+        any other ``ValueError``/``TypeError`` one naming ``key``.
         """
         self.check_params(name, params, key)
         cls = self.get(name, key)
         try:
             return cls(**params)
+        except ParamError as exc:
+            raise exc.keyed(key or self.kind) from exc
         except ConfigError:
             raise
         except (ValueError, TypeError) as exc:

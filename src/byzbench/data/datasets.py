@@ -17,31 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from byzbench.errors import ConfigError
+from byzbench.errors import ConfigError, ParamError
 from byzbench.registry import Registry
 
 DIGITS_SPLIT_SEED = 20240601
 
 
-class ParamError(ConfigError):
-    """A bad value for one component parameter; ``param`` is the bare parameter name.
-
-    It is a `ConfigError` (and so a ``ValueError``) keyed by ``param``; `create_component`
-    re-raises it keyed by the full dotted config key (``"partition.beta"``).
-    """
-
-    def __init__(self, param: str, message: str) -> None:
-        self.param = param
-        self.detail = message
-        super().__init__(message, param)
-
-
 def create_component(registry: Registry, name: str, params: dict[str, Any], key: str) -> Any:
     """``registry.create(name, key, **params)`` with parameter errors keyed ``key.param``."""
-    try:
-        return registry.create(name, key, **params)
-    except ParamError as exc:
-        raise ConfigError(exc.detail, f"{key}.{exc.param}") from exc
+    return registry.create(name, key, **params)
 
 
 def check_int(param: str, value: Any, low: int) -> int:
@@ -75,11 +59,12 @@ class Dataset:
     num_classes: int
 
     def __post_init__(self) -> None:
-        for x, y, part in ((self.x_train, self.y_train, "train"), (self.x_test, self.y_test, "test")):
+        splits = (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test))
+        for part, x, y in splits:
             if x.dtype != torch.float32 or y.dtype != torch.int64:
                 raise TypeError(f"{self.name} {part}: need float32 inputs and int64 labels")
             if y.ndim != 1 or x.shape[0] != y.shape[0]:
-                raise ValueError(f"{self.name} {part}: {x.shape[0]} inputs but labels {tuple(y.shape)}")
+                raise ValueError(f"{self.name} {part}: {x.shape[0]} inputs, labels {tuple(y.shape)}")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(f"{self.name}: train and test input shapes differ")
 
@@ -139,7 +124,8 @@ class Digits:
     def __init__(self, test_fraction: float = 0.25) -> None:
         test_fraction = check_real("test_fraction", test_fraction)
         if not 0.0 < test_fraction < 1.0:
-            raise ParamError("test_fraction", f"test_fraction must be in (0, 1), got {test_fraction}")
+            msg = f"test_fraction must be in (0, 1), got {test_fraction}"
+            raise ParamError("test_fraction", msg)
         self.test_fraction = test_fraction
 
     def load(self) -> Dataset:
@@ -148,9 +134,11 @@ class Digits:
         bunch = load_digits()
         x = (bunch.images / 16.0).reshape(-1, 1, 8, 8)
         y = bunch.target.astype(np.int64)
-        train, test = stratified_split(y, self.test_fraction, np.random.default_rng(DIGITS_SPLIT_SEED))
+        rng = np.random.default_rng(DIGITS_SPLIT_SEED)
+        train, test = stratified_split(y, self.test_fraction, rng)
         if train.size == 0 or test.size == 0:
-            raise ParamError("test_fraction", f"test_fraction={self.test_fraction} leaves an empty split")
+            msg = f"test_fraction={self.test_fraction} leaves an empty train or test set"
+            raise ParamError("test_fraction", msg)
         return _as_dataset("digits", x[train], y[train], x[test], y[test], 10)
 
 
@@ -182,14 +170,16 @@ class Synthetic:
             if value < 0:
                 raise ParamError(param, f"{param} must be >= 0, got {value}")
 
-    def _sample(self, n: int, means: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _sample(self, n: int, means: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         y = rng.permutation(np.arange(n) % self.num_classes)
         x = means[y] + self.noise * rng.standard_normal((n, self.dim))
         return x, y
 
     def load(self) -> Dataset:
         rng = np.random.default_rng(self.seed)
-        means = rng.normal(0.0, self.separation / math.sqrt(self.dim), (self.num_classes, self.dim))
+        scale = self.separation / math.sqrt(self.dim)
+        means = rng.normal(0.0, scale, (self.num_classes, self.dim))
         x_tr, y_tr = self._sample(self.num_train, means, rng)
         x_te, y_te = self._sample(self.num_test, means, rng)
         return _as_dataset("synthetic", x_tr, y_tr, x_te, y_te, self.num_classes)
@@ -213,6 +203,8 @@ def load_dataset(name: str, params: dict[str, Any] | None = None, key: str = "da
     except TypeError:  # unhashable parameter values: load without caching
         frozen = None
     try:
-        return loader.load() if frozen is None else _load_cached(DATASETS.canonical(name), frozen)
+        if frozen is None:
+            return loader.load()
+        return _load_cached(DATASETS.canonical(name), frozen)
     except ParamError as exc:
-        raise ConfigError(exc.detail, f"{key}.{exc.param}") from exc
+        raise exc.keyed(key) from exc

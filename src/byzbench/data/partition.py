@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import abc
 import math
+from numbers import Integral
 from typing import Any
 
 import numpy as np
 
 from byzbench.data.datasets import ParamError, check_int, check_real, create_component
-from byzbench.errors import ConfigError
 from byzbench.registry import Registry
 
 DIRICHLET_MODES = ("per_class", "balanced", "per_client")
@@ -37,7 +37,7 @@ def _check_inputs(labels: Any, num_clients: int) -> np.ndarray:
         raise ValueError(f"labels must be a 1-D integer array, got shape {y.shape} dtype {y.dtype}")
     if y.size and y.min() < 0:
         raise ValueError("labels must be non-negative class ids")
-    if isinstance(num_clients, bool) or not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
+    if isinstance(num_clients, bool) or not isinstance(num_clients, Integral) or num_clients < 1:
         raise ValueError(f"num_clients must be an integer >= 1, got {num_clients!r}")
     return y.astype(np.int64, copy=False)
 
@@ -70,7 +70,7 @@ class IID(Partitioner):
 
 @PARTITIONERS.register("dirichlet", aliases=("dir", "noniid"))
 class Dirichlet(Partitioner):
-    """Dirichlet label skew Dir(β) (Yurochkin et al., ICML 2019; Li et al., ICDE 2022; Hsu et al., 2019).
+    """Dirichlet label skew Dir(β) (Yurochkin et al. ICML 2019; Li et al. ICDE 2022; Hsu et al. 2019).
 
     ALGORITHMS.md §5.2; smaller β means more skewed clients. Three procedures (``mode``):
 
@@ -87,8 +87,8 @@ class Dirichlet(Partitioner):
 
     (A) and (B) redraw until every client holds ≥ ``min_size`` samples, at most
     ``max_tries`` times. (C) has no retry in its reference, so ``min_size`` is only checked.
-    Either failure raises a `ConfigError` on ``min_size``. Each client's indices are
-    returned in shuffled order.
+    Either failure raises `ParamError` on ``min_size`` (`partition` makes it a `ConfigError`
+    keyed ``partition.min_size``). Each client's indices are returned in shuffled order.
     """
 
     def __init__(self, beta: float = 0.5, min_size: int = 10, mode: str = "per_class",
@@ -98,14 +98,16 @@ class Dirichlet(Partitioner):
             raise ParamError("beta", f"beta must be > 0, got {self.beta}")
         self.min_size = check_int("min_size", min_size, 0)
         if mode not in DIRICHLET_MODES:
-            raise ParamError("mode", f"mode must be one of {', '.join(DIRICHLET_MODES)}; got {mode!r}")
+            valid = ", ".join(DIRICHLET_MODES)
+            raise ParamError("mode", f"mode must be one of {valid}; got {mode!r}")
         self.mode = mode
         self.max_tries = check_int("max_tries", max_tries, 1)
 
     def split(self, labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
         y = _check_inputs(labels, num_clients)
         if self.min_size * num_clients > y.size:
-            raise self._unreachable(num_clients, f"{num_clients} clients × {self.min_size} > {y.size} samples")
+            why = f"{num_clients} clients × {self.min_size} > {y.size} samples"
+            raise self._unreachable(num_clients, why)
         if y.size == 0:
             return [np.empty(0, np.int64) for _ in range(num_clients)]
         classes = _class_indices(y)
@@ -121,9 +123,9 @@ class Dirichlet(Partitioner):
         raise self._unreachable(num_clients, f"no draw succeeded in max_tries={self.max_tries}")
 
     def _unreachable(self, num_clients: int, why: str) -> ParamError:
-        return ParamError("min_size", f"min_size={self.min_size} is unreachable with beta={self.beta}, "
-                         f"num_clients={num_clients}, mode={self.mode!r} ({why}); "
-                         "lower min_size or raise beta")
+        return ParamError("min_size", (
+            f"min_size={self.min_size} is unreachable with beta={self.beta}, num_clients="
+            f"{num_clients}, mode={self.mode!r} ({why}); lower min_size or raise beta"))
 
     def _per_class(self, classes: list[np.ndarray], n: int, k: int,
                    rng: np.random.Generator) -> list[np.ndarray]:
@@ -150,7 +152,8 @@ class Dirichlet(Partitioner):
         pieces: list[list[np.ndarray]] = [[] for _ in range(k)]
         leftovers = []
         for c, idx in enumerate(classes):
-            ends = np.minimum(np.cumsum(np.floor(idx.size * frac[:, c])), idx.size).astype(np.int64)
+            ends = np.minimum(np.cumsum(np.floor(idx.size * frac[:, c])), idx.size)
+            ends = ends.astype(np.int64)
             starts = np.concatenate(([0], ends[:-1]))
             for i in range(k):
                 pieces[i].append(idx[starts[i]:ends[i]])
@@ -179,7 +182,8 @@ def _hand_out(pieces: list[list[np.ndarray]], left: np.ndarray, target: float) -
         pieces[client].append(left[rank * chunk:(rank + 1) * chunk])
 
 
-def make_partitioner(name: str, params: dict[str, Any] | None = None, key: str = "partition") -> Partitioner:
+def make_partitioner(name: str, params: dict[str, Any] | None = None,
+                     key: str = "partition") -> Partitioner:
     """Build partitioner ``name``; errors are `ConfigError`s keyed ``key`` or ``key.param``."""
     return create_component(PARTITIONERS, name, dict(params or {}), key)
 
@@ -195,4 +199,4 @@ def partition(name: str, params: dict[str, Any] | None, labels: np.ndarray, num_
     try:
         return splitter.split(labels, num_clients, rng)
     except ParamError as exc:
-        raise ConfigError(exc.detail, f"{key}.{exc.param}") from exc
+        raise exc.keyed(key) from exc

@@ -1,0 +1,193 @@
+"""The ``byzbench`` command line.
+
+    byzbench run [CONFIG] [--set key=value ...] [--db results.db]
+    byzbench list [KIND]
+    byzbench config [CONFIG] [--set key=value ...]
+
+User errors (bad config, unknown name, infeasible rule) print one line and exit with
+status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence, TextIO
+
+from byzbench import __version__
+from byzbench.errors import ConfigError
+
+KINDS = ("datasets", "partitioners", "models", "attacks", "aggregators", "preaggregators", "schedules")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"byzbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("byzbench: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="byzbench", description="Stress-test Byzantine-robust distributed learning.")
+    p.add_argument("--version", action="version", version=f"byzbench {__version__}")
+    sub = p.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="run one experiment (the embedded default when no config is given)")
+    _config_args(run)
+    run.add_argument("--db", default="results.db", help="SQLite results store (default: results.db)")
+    run.add_argument("--no-db", action="store_true", help="do not record the run")
+    run.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                     help="progress bar on stderr (auto: when stderr is a terminal)")
+    run.set_defaults(func=_cmd_run)
+
+    lst = sub.add_parser("list", help="list registered components and their parameters")
+    lst.add_argument("kind", nargs="?", choices=KINDS, help="only this kind")
+    lst.set_defaults(func=_cmd_list)
+
+    cfg = sub.add_parser("config", help="print the resolved, validated config as YAML")
+    _config_args(cfg)
+    cfg.set_defaults(func=_cmd_config)
+    return p
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML, TOML or JSON config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set attack.z=8 --set defense='nnm > trmean'")
+
+
+def _load_config(args: argparse.Namespace):
+    from byzbench.config import ExperimentConfig
+
+    cfg = ExperimentConfig.from_file(args.config) if args.config else ExperimentConfig()
+    return cfg.override(args.overrides).validate()
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    print(f"# run id {cfg.run_id}")
+    print(cfg.to_yaml(), end="")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from byzbench.experiments.runner import run_experiment
+    from byzbench.experiments.store import ResultsStore
+
+    cfg = _load_config(args)
+    show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+    bar = ProgressBar(sys.stderr) if show else None
+    store = None if args.no_db else ResultsStore(Path(args.db))
+    try:
+        result = run_experiment(cfg, store, bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+        if store is not None:
+            store.close()
+    print(format_summary(result, None if args.no_db else args.db))
+    return 0
+
+
+class ProgressBar:
+    """A one-line progress bar: rounds done, rounds/s, current test accuracy."""
+
+    def __init__(self, stream: TextIO, width: int = 30, interval: float = 0.1) -> None:
+        self.stream, self.width, self.interval = stream, width, interval
+        self.start = time.perf_counter()
+        self.last = 0.0
+
+    def update(self, done: int, total: int, info: dict[str, float]) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.interval and done < total:
+            return
+        self.last = now
+        filled = int(self.width * done / total)
+        rate = done / max(now - self.start, 1e-9)
+        acc = info.get("test_accuracy")
+        acc_s = f"  acc {100 * acc:5.1f}%" if acc is not None else ""
+        self.stream.write(
+            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total}  {rate:7.1f} rounds/s"
+            f"  loss {info.get('train_loss', float('nan')):.4f}{acc_s}"
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def format_summary(result, db: str | None) -> str:
+    """A short human-readable table of a finished run."""
+    c = result.config
+    s = result.summary
+    lines = [
+        f"byzbench {__version__}  run {result.run_id}  {result.status}"
+        + (f" at round {result.diverged_round}" if result.diverged_round is not None else ""),
+        f"  data       {_spec(c['data'])}, partition {_spec(c['partition'])}, "
+        f"{c['n_clients']} clients ({c['n_byzantine']} Byzantine)",
+        f"  model      {_spec(c['model'])} (d = {s.get('d')}, gradients: {s.get('strategy')})",
+        f"  attack     {_spec(c['attack'])} (knowledge: {s.get('knowledge')})",
+        f"  defense    {c['defense']}",
+        f"  training   {result.rounds_completed}/{c['rounds']} rounds, batch {c['batch_size']}, lr {c['lr']}, "
+        f"momentum {c['momentum']}  —  {result.wall_time_s:.2f} s ({s.get('rounds_per_s', 0):.0f} rounds/s)",
+        "",
+        "  round   test acc   test loss",
+    ]
+    for (r, acc), (_, loss) in zip(result.metrics.get("test_accuracy", []), result.metrics.get("test_loss", [])):
+        lines.append(f"  {r:5d}   {100 * acc:7.2f}%   {loss:9.4f}")
+    final = "n/a (diverged)" if result.final_accuracy is None else f"{100 * result.final_accuracy:.2f}%"
+    lines += ["", f"  final test accuracy: {final}"]
+    if db:
+        lines.append(f"  recorded in {db}")
+    return "\n".join(lines)
+
+
+def _spec(d: dict) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in d.items() if k != "name")
+    return f"{d['name']}({params})" if params else d["name"]
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    for kind, registry in _registries().items():
+        if args.kind and args.kind != kind:
+            continue
+        print(f"{kind}:")
+        for entry in registry.entries():
+            alias = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
+            print(f"  {entry.name:<14}{entry.summary}{alias}")
+            params = ", ".join(
+                p.name if p.required else f"{p.name}={p.default!r}" for p in entry.params
+            )
+            if params:
+                print(f"  {'':<14}params: {params}")
+        print()
+    return 0
+
+
+def _registries() -> dict:
+    from byzbench.attacks import ATTACKS
+    from byzbench.data import DATASETS, PARTITIONERS
+    from byzbench.defenses import AGGREGATORS, PREAGGREGATORS
+    from byzbench.models import MODELS
+    from byzbench.sim.schedule import SCHEDULES
+
+    return {
+        "datasets": DATASETS, "partitioners": PARTITIONERS, "models": MODELS, "attacks": ATTACKS,
+        "aggregators": AGGREGATORS, "preaggregators": PREAGGREGATORS, "schedules": SCHEDULES,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
