@@ -250,7 +250,7 @@ def test_registry_create_names_component_and_parameter():
     assert err.value.key == "partition.beta"
     with pytest.raises(ConfigError, match="test_fraction") as err:
         DATASETS.create("digits", "data", test_fraction=2)
-    assert err.value.key == "data"
+    assert err.value.key == "data.test_fraction"
 
 
 def test_unknown_mode_lists_valid_modes(digit_labels):
@@ -274,4 +274,4 @@ def test_impossible_min_size(mode, digit_labels):
 def test_unknown_partitioner(digit_labels):
     with pytest.raises(ConfigError, match="dirichlet") as err:
         partition("shuffle", {}, digit_labels, 10, np.random.default_rng(0))
-    assert err.value.key == "partition.beta"
+    assert err.value.key == "partition"
