@@ -62,6 +62,15 @@ class RunResult:
         return [v for _, v in self.metrics.get(name, [])]
 
 
+def update_momentum(m: torch.Tensor, g: torch.Tensor, beta: float, dampening: bool = True) -> None:
+    """Worker momentum in place (§1.2): m ← β m + (1−β) g (dampened) or m ← β m + g.
+
+    Started from m = 0, the undampened form equals the dampened one times 1/(1−β) at
+    every round (PyTorch/epfml form); the dampened one is seed 004's and D-SHB's.
+    """
+    m.mul_(beta).add_(g, alpha=(1.0 - beta) if dampening else 1.0)
+
+
 def seed_streams(seed: int) -> dict[str, int]:
     """Independent 63-bit seeds for each random stream, derived from the config seed."""
     children = np.random.SeedSequence(seed).spawn(len(STREAMS))
@@ -185,8 +194,7 @@ class Simulation:
             self.grads[h:] = self.attack.craft(self._view(self.grads, t, prev, attack_gen))
         sent = self.grads
         if self.momenta is not None:
-            beta = cfg.momentum
-            self.momenta.mul_(beta).add_(self.grads, alpha=(1 - beta) if cfg.momentum_dampening else 1.0)
+            update_momentum(self.momenta, self.grads, cfg.momentum, cfg.momentum_dampening)
             sent = self.momenta
         honest = sent[:h]
         byz = sent[h:]

@@ -1,0 +1,291 @@
+"""Milliseconds per simulated round of `Simulation`, against a floor and a naive loop.
+
+For n = 25 clients, batch 32, 1×28×28 inputs and 10 classes, and for each model
+(``logistic``, ``mlp`` with ``hidden=[100]``, ``lenet5``) this measures, in one run:
+
+- **floor**: one forward + ``loss.backward()`` of a plain ``nn.Module`` copy of the model
+  on the whole 800-sample batch (mean cross-entropy);
+- **engine**: one call of the engine's round body — ``sim._round`` then ``sim._step`` with
+  the arguments ``Simulation._loop`` passes (and its per-round divergence check) — for
+  each client-gradient strategy the model supports, with ``none`` + ``mean`` and with
+  ``alie`` + ``trmean`` (f = 5); evaluation is excluded;
+- **naive**: the per-client loop of peer libraries: per client a ``copy.deepcopy`` of the
+  global model, a fresh ``torch.optim.SGD``, forward/backward on its 32 samples and a
+  copy of its gradient; then ``torch.stack(...).mean(0)`` applied to the global model.
+
+Medians over repeated calls (after a warm-up) are printed as a Markdown table::
+
+    .venv/bin/python benchmarks/round_throughput.py [--threads N] [--reps R]
+        [--models logistic,mlp] [--json out.json]
+
+The 28×28 data are the ``synthetic`` dataset (``dim=784``) reshaped to 1×28×28 and
+registered, from this script only, under the private dataset name ``bench28``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from byzbench.config import ExperimentConfig
+from byzbench.data import DATASETS, Dataset, load_dataset
+from byzbench.defenses import AggregationContext
+from byzbench.models import build_model
+from byzbench.sim.clients import fused_supported
+from byzbench.sim.engine import Simulation, _cpu_gen, _gen
+
+N_CLIENTS, N_BYZANTINE, BATCH = 25, 5, 32
+INPUT_SHAPE, NUM_CLASSES = (1, 28, 28), 10
+LR = 0.1
+MODELS: dict[str, dict[str, Any]] = {
+    "logistic": {"name": "logistic"},
+    "mlp": {"name": "mlp", "hidden": [100]},
+    "lenet5": {"name": "lenet5"},
+}
+PAIRS: tuple[tuple[str, str], ...] = (("none", "mean"), ("alie", "trmean"))
+ENGINE_TARGET, NAIVE_TARGET = 1.5, 2.0  # engine ≤ 1.5× floor; ≥ 2× faster than naive
+NAIVE_TARGET_MODELS = ("logistic", "mlp")
+
+
+@DATASETS.register("bench28")
+class Bench28:
+    """Synthetic 10-class Gaussian mixture in 784 dims, shaped as 1×28×28 images (benchmark only)."""
+
+    def __init__(self, num_train: int = 5000, num_test: int = 200) -> None:
+        self.num_train, self.num_test = num_train, num_test
+
+    def load(self) -> Dataset:
+        base = load_dataset("synthetic", {"dim": 784, "num_train": self.num_train, "num_test": self.num_test})
+        as_img = lambda x: x.reshape(-1, *INPUT_SHAPE).contiguous()  # noqa: E731
+        return Dataset("bench28", as_img(base.x_train), base.y_train, as_img(base.x_test), base.y_test, NUM_CLASSES)
+
+
+@dataclass
+class Row:
+    """One measured engine configuration, with the model's floor and naive loop beside it."""
+
+    model: str
+    d: int
+    attack: str
+    defense: str
+    strategy: str
+    auto: bool
+    engine_ms: float
+    floor_ms: float
+    naive_ms: float
+    reps: int
+
+    @property
+    def engine_over_floor(self) -> float:
+        return self.engine_ms / self.floor_ms
+
+    @property
+    def naive_over_engine(self) -> float:
+        return self.naive_ms / self.engine_ms
+
+
+# ---------------------------------------------------------------------------- timing
+def median_ms(fn: Callable[[], None], max_reps: int, budget_s: float, warmup: int = 3) -> tuple[float, int]:
+    """Median wall time of ``fn`` in ms: warm-up, then as many reps as fit ``budget_s``.
+
+    The rep count lies in [min(30, max_reps), max_reps].
+    """
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    fn()
+    estimate = max(time.perf_counter() - start, 1e-6)
+    reps = int(min(max_reps, max(min(30, max_reps), budget_s / estimate)))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3, reps
+
+
+# ---------------------------------------------------------------------------- subjects
+def make_config(model: str, strategy: str, attack: str, defense: str) -> ExperimentConfig:
+    """The benchmark's experiment: n = 25, f = 5, B = 32 on ``bench28``, IID partition."""
+    return ExperimentConfig.from_dict({
+        "data": "bench28", "partition": "iid", "model": dict(MODELS[model]),
+        "n_clients": N_CLIENTS, "n_byzantine": N_BYZANTINE, "batch_size": BATCH,
+        "rounds": 1_000_000, "lr": LR, "attack": attack, "defense": defense, "strategy": strategy,
+    })
+
+
+class EngineRound:
+    """One call = one round of `Simulation._loop` without evaluation or progress output."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        sim.attack.reset()
+        sim.defense.reset()
+        self.shuffle_gen = _cpu_gen(sim.seeds["shuffle"])
+        self.ctx = AggregationContext(generator=_gen(sim.seeds["defense"], sim.device))
+        self.attack_gen = _gen(sim.seeds["attack"], sim.device)
+        self.rows = torch.full((1024, 4), float("nan"), dtype=torch.float64, device=sim.device)
+        self.prev: torch.Tensor | None = None
+        self.t = 0
+
+    def __call__(self) -> None:
+        sim, t = self.sim, self.t
+        lr = sim.config.lr * sim.schedule.factor(t)
+        aggregate, metrics = sim._round(t, self.prev, self.shuffle_gen, self.ctx, self.attack_gen)
+        self.rows[t % self.rows.shape[0]] = metrics
+        sim._step(aggregate, lr)
+        self.prev = aggregate
+        if not (math.isfinite(float(metrics[0])) and bool(torch.isfinite(sim.theta).all())):
+            raise RuntimeError(f"benchmark run diverged at round {t}")
+        self.t = t + 1
+
+
+def plain_copy(sim: Simulation) -> nn.Module:
+    """A fresh ``nn.Module`` with the simulation's weights, owning its own parameters."""
+    cfg = sim.config
+    model = build_model(cfg.model.name, cfg.model.params, sim.dataset.input_shape, sim.dataset.num_classes, 0)
+    model.load_state_dict(sim.model.state_dict())
+    return model.train()
+
+
+def floor_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """Forward + backward of the mean cross-entropy over the whole n·B batch."""
+
+    def run() -> None:
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+
+    return run
+
+
+def naive_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: int) -> Callable[[], None]:
+    """Per-client deepcopy + SGD optimiser + forward/backward, then mean and a server step."""
+    xs, ys = x.view(n, -1, *x.shape[1:]), y.view(n, -1)
+
+    def run() -> None:
+        grads = []
+        for c in range(n):
+            local = copy.deepcopy(model)
+            opt = torch.optim.SGD(local.parameters(), lr=LR)
+            opt.zero_grad()
+            F.cross_entropy(local(xs[c]), ys[c]).backward()
+            grads.append(torch.cat([p.grad.reshape(-1) for p in local.parameters()]))
+        avg = torch.stack(grads).mean(0)
+        with torch.no_grad():
+            offset = 0
+            for p in model.parameters():
+                p.sub_(avg[offset : offset + p.numel()].view_as(p), alpha=LR)
+                offset += p.numel()
+
+    return run
+
+
+def bench_model(name: str, max_reps: int, budget_s: float) -> list[Row]:
+    """Floor, naive loop and every (strategy, attack + defense) engine round of one model."""
+    base = Simulation(make_config(name, "auto", *PAIRS[0]))
+    auto = base.strategy
+    strategies = (["fused"] if fused_supported(base.model) else []) + ["vmap", "loop"]
+    nb = N_CLIENTS * BATCH
+    x, y = base.x_train[:nb].clone(), base.y_train[:nb].clone()
+    floor_ms, _ = median_ms(floor_fn(plain_copy(base), x, y), max_reps, budget_s)
+    naive_ms, _ = median_ms(naive_fn(plain_copy(base), x, y, N_CLIENTS), max_reps, budget_s)
+    rows = []
+    for attack, defense in PAIRS:
+        for strategy in strategies:
+            sim = Simulation(make_config(name, strategy, attack, defense))
+            engine_ms, reps = median_ms(EngineRound(sim), max_reps, budget_s)
+            rows.append(Row(name, sim.d, attack, defense, strategy, strategy == auto,
+                            engine_ms, floor_ms, naive_ms, reps))
+            print(f"  {name:8s} {attack}+{defense:7s} {strategy:5s} {engine_ms:8.2f} ms ({reps} reps)",
+                  file=sys.stderr, flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------- report
+def table(rows: list[Row]) -> str:
+    """The Markdown table of all rows."""
+    head = ("| model | d | attack + defense | strategy | engine ms | floor ms | engine / floor "
+            "| naive ms | naive / engine |\n|---|---:|---|---|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for r in rows:
+        strategy = f"**{r.strategy}** (auto)" if r.auto else r.strategy
+        lines.append(
+            f"| {r.model} | {r.d:,} | {r.attack} + {r.defense} | {strategy} | {r.engine_ms:.2f} "
+            f"| {r.floor_ms:.2f} | {r.engine_over_floor:.2f}× | {r.naive_ms:.2f} | {r.naive_over_engine:.1f}× |"
+        )
+    return "\n".join(lines)
+
+
+def targets(rows: list[Row]) -> list[str]:
+    """Pass/fail of the project targets, judged on the strategy ``auto`` picks."""
+    out = []
+    for model in dict.fromkeys(r.model for r in rows):
+        picked = [r for r in rows if r.model == model and r.auto]
+        worst = max(picked, key=lambda r: r.engine_over_floor)
+        ok = worst.engine_over_floor <= ENGINE_TARGET
+        out.append(f"- {model}: engine ({worst.strategy}) ≤ {ENGINE_TARGET}× floor: "
+                   f"{'PASS' if ok else 'FAIL'} (worst {worst.engine_over_floor:.2f}×, "
+                   f"{worst.attack} + {worst.defense})")
+        if model in NAIVE_TARGET_MODELS:
+            plain = next(r for r in picked if (r.attack, r.defense) == PAIRS[0])
+            ok = plain.naive_over_engine >= NAIVE_TARGET
+            out.append(f"- {model}: ≥ {NAIVE_TARGET}× faster than naive: {'PASS' if ok else 'FAIL'} "
+                       f"({plain.naive_over_engine:.1f}×, {plain.attack} + {plain.defense})")
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--reps", type=int, default=200, help="most timed calls per measurement (default 200)")
+    parser.add_argument("--budget", type=float, default=1.5,
+                        help="seconds of timed calls per measurement before capping reps (default 1.5)")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
+    parser.add_argument("--json", metavar="PATH", help="write the raw numbers as JSON")
+    args = parser.parse_args(argv)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown or not names or args.reps < 1:
+        parser.error(f"--models must name some of {', '.join(MODELS)}; --reps must be ≥ 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    rows = [row for name in names for row in bench_model(name, args.reps, args.budget)]
+    info = machine()
+    print(f"n = {N_CLIENTS}, f = {N_BYZANTINE}, B = {BATCH}, input 1×28×28, 10 classes; "
+          f"torch {info['torch']}, {info['threads']} thread(s), {info['cpus']} CPU(s); median ms per round\n")
+    print(table(rows))
+    print("\nTargets (strategy picked by auto):")
+    print("\n".join(targets(rows)))
+    print(f"\n(total {time.perf_counter() - start:.0f} s)")
+    if args.json:
+        payload = {"machine": info, "rows": [asdict(r) | {"engine_over_floor": r.engine_over_floor,
+                                                         "naive_over_engine": r.naive_over_engine} for r in rows]}
+        with open(args.json, "w") as fh:
+            json.dump(payload, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
