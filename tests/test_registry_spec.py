@@ -78,17 +78,11 @@ def test_parse_component_malformed_raises_config_error_with_key(bad):
     assert str(exc.value).startswith("attack: ")
 
 
-@pytest.mark.xfail(
-    reason="spec.py parse_component: a spec with an empty name before '(' is accepted "
-    "(returns ComponentSpec(name=''))", strict=True)
 def test_parse_component_rejects_empty_name():
     with pytest.raises(ConfigError):
         parse_component("(k=1)", "attack")
 
 
-@pytest.mark.xfail(
-    reason="spec.py parse_component: text after the first ')' is swallowed into the last "
-    "parameter value: 'a(z=1)(y=2)' gives z='1)(y=2'", strict=True)
 def test_parse_component_rejects_trailing_call():
     with pytest.raises(ConfigError):
         parse_component("a(z=1)(y=2)", "attack")
@@ -167,17 +161,11 @@ def test_spec_str_round_trip_property(params):
     assert parse_component(str(spec), "k") == spec
 
 
-@pytest.mark.xfail(
-    reason="spec.py _fmt: the string 'none' is written unquoted, and parse_value reads it "
-    "back as None", strict=True)
 def test_spec_str_round_trips_string_none():
     spec = ComponentSpec("comp", {"norm": "none"})
     assert parse_component(str(spec), "k") == spec
 
 
-@pytest.mark.xfail(
-    reason="spec.py _fmt: a string holding ', ' is written unquoted, so str(spec) splits "
-    "into a bogus extra parameter and parse raises ConfigError", strict=True)
 def test_spec_str_round_trips_string_with_comma():
     spec = ComponentSpec("comp", {"label": "a, b"})
     assert parse_component(str(spec), "k") == spec
@@ -318,10 +306,6 @@ def test_registry_alias_collision_raises():
     assert reg.canonical("a") == "alpha"
 
 
-@pytest.mark.xfail(
-    reason="registry.py Registry.register: registering a second class under an existing "
-    "canonical name silently replaces the first (the check only compares canonical names)",
-    strict=True)
 def test_registry_same_name_twice_raises():
     reg = _fresh()
     with pytest.raises(ValueError, match="registered twice"):

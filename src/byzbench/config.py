@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from byzbench.errors import ConfigError
+from byzbench.errors import ConfigError, InfeasibleError
 from byzbench.spec import ComponentSpec, chain_to_str, parse_chain, parse_component, parse_value
 
 STRATEGIES = ("auto", "vmap", "loop", "fused")
@@ -205,7 +205,26 @@ class ExperimentConfig:
                     f"it supports: {', '.join(attack.supported_knowledge)}",
                     "attack.knowledge",
                 )
-        Defense.from_spec(self.defense, "defense").check(n, f)
+        defense = Defense.from_spec(self.defense, "defense")
+        try:
+            defense.check(n, f)
+        except InfeasibleError as exc:
+            raise InfeasibleError(str(exc), "defense") from exc
+        self._canonicalise(ATTACKS, DATASETS, PARTITIONERS, MODELS, SCHEDULES, defense)
+
+    def _canonicalise(self, attacks, datasets, partitioners, models, schedules, defense) -> None:
+        """Aliases → canonical names, numbers → floats, so equal configs hash equally."""
+        for key, registry in (("data", datasets), ("partition", partitioners), ("model", models),
+                              ("attack", attacks), ("lr_schedule", schedules)):
+            spec = getattr(self, key)
+            setattr(self, key, ComponentSpec(registry.canonical(spec.name, key), spec.params))
+        chain = parse_chain(self.defense, "defense")
+        names = [*(p.name for p in defense.pre), defense.aggregator.name]
+        self.defense = chain_to_str([ComponentSpec(nm, c.params) for nm, c in zip(names, chain)])
+        for key in ("lr", "weight_decay", "momentum"):
+            setattr(self, key, float(getattr(self, key)))
+        if self.clip_norm is not None:
+            self.clip_norm = float(self.clip_norm)
 
 
 def _int(value: Any, key: str, minimum: int) -> int:

@@ -86,7 +86,7 @@ class Registry(Generic[T]):
 
         def deco(cls: type[T]) -> type[T]:
             for key in (name, *aliases):
-                if key in self._aliases and self._aliases[key] != name:
+                if key in self._aliases:
                     raise ValueError(f"{self.kind} name {key!r} registered twice")
             self._entries[name] = Entry(name, cls, tuple(aliases))
             for key in (name, *aliases):
@@ -106,13 +106,12 @@ class Registry(Generic[T]):
             importlib.import_module(f"{self._package}.{mod.name}")
 
     def names(self) -> list[str]:
-        """Canonical names, sorted."""
+        """Public canonical names, sorted (names starting with ``_`` are private, e.g. test doubles)."""
         self._load()
-        return sorted(self._entries)
+        return sorted(k for k in self._entries if not k.startswith("_"))
 
     def entries(self) -> list[Entry]:
-        self._load()
-        return [self._entries[k] for k in sorted(self._entries)]
+        return [self._entries[k] for k in self.names()]
 
     def canonical(self, name: str, key: str | None = None) -> str:
         """The canonical name for ``name`` or an alias; `ConfigError` listing valid names."""

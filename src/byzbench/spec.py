@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import json
+import re
+
 import yaml
 
 from byzbench.errors import ConfigError
@@ -34,24 +37,45 @@ class ComponentSpec:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, str):
+        plain_ok = not any(ch in value for ch in ",()[]{}>=\"'") and parse_value(value) == value
+        return value if plain_ok else json.dumps(value)  # quote when reading back would differ
     return yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix("...").strip()
 
 
 def _split_top(text: str, sep: str) -> list[str]:
     """Split on ``sep`` outside parentheses/brackets/braces."""
-    parts, depth, cur = [], 0, []
+    parts, depth, cur, quote = [], 0, [], ""
     for ch in text:
-        if ch in "([{":
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "([{":
             depth += 1
         elif ch in ")]}":
             depth -= 1
-        if ch == sep and depth == 0:
+        if ch == sep and depth == 0 and not quote:
             parts.append("".join(cur))
             cur = []
         else:
             cur.append(ch)
     parts.append("".join(cur))
     return [p.strip() for p in parts]
+
+
+_NAME = re.compile(r"[A-Za-z_][\w\-]*")
+
+
+def _balanced(text: str) -> bool:
+    """Brackets in ``text`` close in order and never below depth 0."""
+    depth = 0
+    for ch in text:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if depth < 0:
+            return False
+    return depth == 0
 
 
 def parse_value(text: str) -> Any:
@@ -80,10 +104,12 @@ def parse_component(value: Any, key: str) -> ComponentSpec:
         raise ConfigError(f"expected a name such as 'trmean' or 'alie(z=1.5)', got {value!r}", key)
     text = value.strip()
     if "(" not in text:
+        if not _NAME.fullmatch(text):
+            raise ConfigError(f"malformed name {value!r}", key)
         return ComponentSpec(text.lower())
-    if not text.endswith(")"):
-        raise ConfigError(f"malformed spec {value!r}: expected name(key=value, ...)", key)
     name, inner = text[: text.index("(")].strip(), text[text.index("(") + 1 : -1]
+    if not text.endswith(")") or not _NAME.fullmatch(name) or not _balanced(inner):
+        raise ConfigError(f"malformed spec {value!r}: expected name(key=value, ...)", key)
     params: dict[str, Any] = {}
     for item in _split_top(inner, ","):
         if not item:

@@ -42,11 +42,11 @@ class ALIE(Attack):
     knowledge = "omniscient"
 
     def __init__(self, z: float | None = None, sign: int = -1, std_ddof: int = 1, zmax_mode: str = "standard") -> None:
-        if z is not None and (not isinstance(z, (int, float)) or isinstance(z, bool)):
+        if z is not None and (isinstance(z, bool) or not isinstance(z, (int, float)) or not math.isfinite(z)):
             raise ValueError(f"z must be a number or null (use z_max), got {z!r}")
-        if sign not in (-1, 1):
+        if isinstance(sign, bool) or sign not in (-1, 1):
             raise ValueError(f"sign must be -1 or +1, got {sign!r}")
-        if std_ddof not in (0, 1):
+        if isinstance(std_ddof, bool) or std_ddof not in (0, 1):
             raise ValueError(f"std_ddof must be 0 or 1, got {std_ddof!r}")
         if zmax_mode not in ZMAX_MODES:
             raise ValueError(f"zmax_mode must be one of {ZMAX_MODES}, got {zmax_mode!r}")

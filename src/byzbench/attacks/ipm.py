@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from byzbench.attacks.base import ATTACKS, Attack, AttackerView, broadcast_rows
@@ -19,7 +21,7 @@ class IPM(Attack):
     knowledge = "omniscient"
 
     def __init__(self, epsilon: float = 0.1) -> None:
-        if not isinstance(epsilon, (int, float)) or epsilon < 0:
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0:
             raise ValueError(f"epsilon must be a number ≥ 0, got {epsilon!r}")
         self.epsilon = float(epsilon)
 

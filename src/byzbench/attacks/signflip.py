@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from byzbench.attacks.base import ATTACKS, Attack, AttackerView
@@ -20,7 +22,7 @@ class SignFlip(Attack):
     level = "gradient"
 
     def __init__(self, scale: float = 1.0) -> None:
-        if not isinstance(scale, (int, float)) or scale <= 0:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         self.scale = float(scale)
 

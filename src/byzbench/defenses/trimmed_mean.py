@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from byzbench.defenses.base import AGGREGATORS, AggregationContext, Aggregator, check_int
+from byzbench.errors import InfeasibleError
 from byzbench.ops.sortnet import sum_of_ranks
 
 
@@ -30,10 +31,12 @@ class TrimmedMean(Aggregator):
         return n > 2 * self._trim(f)
 
     def check(self, n: int, f: int) -> int:
-        if self.b is not None and not self.feasible(n, f) and self.infeasible == "clamp":
+        if self.b is None or self.feasible(n, f):
+            return super().check(n, f)
+        if self.infeasible == "clamp":
             # ``b`` is explicit: clamp it (byzantine_skew's min(b, ⌊(n−1)/2⌋)).
             return min(f, max(0, (n - 1) // 2))
-        return super().check(n, f)
+        raise InfeasibleError(f"{self.name} requires n > 2b; got n = {n}, b = {self.b}")
 
     def aggregate(self, x: torch.Tensor, f: int, ctx: AggregationContext) -> torch.Tensor:
         n = x.shape[0]
