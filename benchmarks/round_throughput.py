@@ -98,23 +98,30 @@ class Row:
 
 
 # ---------------------------------------------------------------------------- timing
-def median_ms(fn: Callable[[], None], max_reps: int, budget_s: float, warmup: int = 3) -> tuple[float, int]:
-    """Median wall time of ``fn`` in ms: warm-up, then as many reps as fit ``budget_s``.
+def time_interleaved(subjects: dict[str, Callable[[], None]], max_reps: int, budget_s: float,
+                     passes: int = 5, warmup: int = 3) -> dict[str, tuple[float, int]]:
+    """Median wall time in ms (and rep count) of each subject, timed in interleaved blocks.
 
-    The rep count lies in [min(30, max_reps), max_reps].
+    Each subject is warmed up, then gets as many reps as fit ``budget_s`` (at least
+    min(30, max_reps), at most ``max_reps``), split into ``passes`` blocks run round-robin
+    so that a burst of load from other processes hits every subject alike.
     """
-    for _ in range(warmup):
-        fn()
-    start = time.perf_counter()
-    fn()
-    estimate = max(time.perf_counter() - start, 1e-6)
-    reps = int(min(max_reps, max(min(30, max_reps), budget_s / estimate)))
-    times = []
-    for _ in range(reps):
+    reps: dict[str, int] = {}
+    for key, fn in subjects.items():
+        for _ in range(warmup):
+            fn()
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3, reps
+        estimate = max(time.perf_counter() - start, 1e-6)
+        reps[key] = int(min(max_reps, max(min(30, max_reps), budget_s / estimate)))
+    times: dict[str, list[float]] = {key: [] for key in subjects}
+    for p in range(passes):
+        for key, fn in subjects.items():
+            for _ in range(reps[key] * (p + 1) // passes - reps[key] * p // passes):
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+    return {key: (statistics.median(ts) * 1e3, len(ts)) for key, ts in times.items()}
 
 
 # ---------------------------------------------------------------------------- subjects
@@ -200,17 +207,23 @@ def bench_model(name: str, max_reps: int, budget_s: float) -> list[Row]:
     strategies = (["fused"] if fused_supported(base.model) else []) + ["vmap", "loop"]
     nb = N_CLIENTS * BATCH
     x, y = base.x_train[:nb].clone(), base.y_train[:nb].clone()
-    floor_ms, _ = median_ms(floor_fn(plain_copy(base), x, y), max_reps, budget_s)
-    naive_ms, _ = median_ms(naive_fn(plain_copy(base), x, y, N_CLIENTS), max_reps, budget_s)
-    rows = []
+    subjects: dict[str, Callable[[], None]] = {
+        "floor": floor_fn(plain_copy(base), x, y),
+        "naive": naive_fn(plain_copy(base), x, y, N_CLIENTS),
+    }
     for attack, defense in PAIRS:
         for strategy in strategies:
             sim = Simulation(make_config(name, strategy, attack, defense))
-            engine_ms, reps = median_ms(EngineRound(sim), max_reps, budget_s)
-            rows.append(Row(name, sim.d, attack, defense, strategy, strategy == auto,
-                            engine_ms, floor_ms, naive_ms, reps))
-            print(f"  {name:8s} {attack}+{defense:7s} {strategy:5s} {engine_ms:8.2f} ms ({reps} reps)",
-                  file=sys.stderr, flush=True)
+            subjects[f"{attack}+{defense}/{strategy}"] = EngineRound(sim)
+    timed = time_interleaved(subjects, max_reps, budget_s)
+    summary = ", ".join(f"{key} {ms:.2f} ms ×{n}" for key, (ms, n) in timed.items())
+    print(f"  {name}: {summary}", file=sys.stderr, flush=True)
+    rows = []
+    for attack, defense in PAIRS:
+        for strategy in strategies:
+            engine_ms, reps = timed[f"{attack}+{defense}/{strategy}"]
+            rows.append(Row(name, base.d, attack, defense, strategy, strategy == auto,
+                            engine_ms, timed["floor"][0], timed["naive"][0], reps))
     return rows
 
 
@@ -230,20 +243,23 @@ def table(rows: list[Row]) -> str:
 
 
 def targets(rows: list[Row]) -> list[str]:
-    """Pass/fail of the project targets, judged on the strategy ``auto`` picks."""
+    """Pass/fail of the project targets, judged on the strategy ``auto`` picks.
+
+    engine ≤ 1.5× floor must hold for every attack + defense pair; ≥ 2× faster than naive
+    is judged on ``none + mean``, the pair that does what the naive loop does (a plain mean).
+    """
+    verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
     out = []
     for model in dict.fromkeys(r.model for r in rows):
         picked = [r for r in rows if r.model == model and r.auto]
-        worst = max(picked, key=lambda r: r.engine_over_floor)
-        ok = worst.engine_over_floor <= ENGINE_TARGET
-        out.append(f"- {model}: engine ({worst.strategy}) ≤ {ENGINE_TARGET}× floor: "
-                   f"{'PASS' if ok else 'FAIL'} (worst {worst.engine_over_floor:.2f}×, "
-                   f"{worst.attack} + {worst.defense})")
+        ratios = "; ".join(f"{r.attack} + {r.defense}: {r.engine_over_floor:.2f}×" for r in picked)
+        ok = all(r.engine_over_floor <= ENGINE_TARGET for r in picked)
+        out.append(f"- {model} ({picked[0].strategy}) engine ≤ {ENGINE_TARGET}× floor: {verdict(ok)} ({ratios})")
         if model in NAIVE_TARGET_MODELS:
             plain = next(r for r in picked if (r.attack, r.defense) == PAIRS[0])
+            ratios = "; ".join(f"{r.attack} + {r.defense}: {r.naive_over_engine:.1f}×" for r in picked)
             ok = plain.naive_over_engine >= NAIVE_TARGET
-            out.append(f"- {model}: ≥ {NAIVE_TARGET}× faster than naive: {'PASS' if ok else 'FAIL'} "
-                       f"({plain.naive_over_engine:.1f}×, {plain.attack} + {plain.defense})")
+            out.append(f"- {model} ({plain.strategy}) ≥ {NAIVE_TARGET}× faster than naive: {verdict(ok)} ({ratios})")
     return out
 
 
@@ -252,6 +268,23 @@ def machine() -> dict[str, Any]:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
             "platform": platform.platform()}
+
+
+def busy_cpu_s() -> float | None:
+    """CPU-seconds all processes have run since boot (Linux ``/proc/stat``), else None."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait (steal included)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    """CPU-seconds used by this process."""
+    t = os.times()
+    return t.user + t.system
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,15 +303,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    start = time.perf_counter()
+    start, busy0, own0 = time.perf_counter(), busy_cpu_s(), own_cpu_s()
     rows = [row for name in names for row in bench_model(name, args.reps, args.budget)]
-    info = machine()
-    print(f"n = {N_CLIENTS}, f = {N_BYZANTINE}, B = {BATCH}, input 1×28×28, 10 classes; "
-          f"torch {info['torch']}, {info['threads']} thread(s), {info['cpus']} CPU(s); median ms per round\n")
+    wall, busy1 = time.perf_counter() - start, busy_cpu_s()
+    others = None if busy0 is None or busy1 is None else max(0.0, busy1 - busy0 - (own_cpu_s() - own0))
+    info = machine() | {"wall_s": wall, "other_processes_cpu_s": others}
+    print(f"n = {N_CLIENTS}, f = {N_BYZANTINE}, B = {BATCH}, input 1×28×28, 10 classes; torch {info['torch']}, "
+          f"{info['threads']} thread(s), {info['cpus']} CPU(s); median ms per round")
+    if others is not None:
+        print(f"other processes used {others:.1f} CPU-s during this {wall:.0f} s run "
+              f"({others / wall:.2f} cores on average)")
+    print()
     print(table(rows))
     print("\nTargets (strategy picked by auto):")
     print("\n".join(targets(rows)))
-    print(f"\n(total {time.perf_counter() - start:.0f} s)")
     if args.json:
         payload = {"machine": info, "rows": [asdict(r) | {"engine_over_floor": r.engine_over_floor,
                                                          "naive_over_engine": r.naive_over_engine} for r in rows]}
