@@ -23,11 +23,6 @@ from byzbench.registry import Registry
 DIGITS_SPLIT_SEED = 20240601
 
 
-def create_component(registry: Registry, name: str, params: dict[str, Any], key: str) -> Any:
-    """``registry.create(name, key, **params)`` with parameter errors keyed ``key.param``."""
-    return registry.create(name, key, **params)
-
-
 def check_int(param: str, value: Any, low: int) -> int:
     """``value`` as an int ≥ ``low``, else `ParamError` naming ``param``."""
     if isinstance(value, bool) or not isinstance(value, Integral):
@@ -196,7 +191,7 @@ def load_dataset(name: str, params: dict[str, Any] | None = None, key: str = "da
     Errors are `ConfigError`s keyed by ``key`` (unknown name) or ``key.param`` (bad value).
     """
     params = dict(params or {})
-    loader = create_component(DATASETS, name, params, key)  # validates before any work
+    loader = DATASETS.create(name, key, **params)  # validates before any work
     frozen = tuple(sorted(params.items()))
     try:
         hash(frozen)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from byzbench.data.datasets import ParamError, check_int, check_real, create_component
+from byzbench.data.datasets import ParamError, check_int, check_real
 from byzbench.registry import Registry
 
 DIRICHLET_MODES = ("per_class", "balanced", "per_client")
@@ -185,7 +185,7 @@ def _hand_out(pieces: list[list[np.ndarray]], left: np.ndarray, target: float) -
 def make_partitioner(name: str, params: dict[str, Any] | None = None,
                      key: str = "partition") -> Partitioner:
     """Build partitioner ``name``; errors are `ConfigError`s keyed ``key`` or ``key.param``."""
-    return create_component(PARTITIONERS, name, dict(params or {}), key)
+    return PARTITIONERS.create(name, key, **dict(params or {}))
 
 
 def partition(name: str, params: dict[str, Any] | None, labels: np.ndarray, num_clients: int,
