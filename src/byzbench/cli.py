@@ -12,6 +12,7 @@
                             [--threads T] [--device cpu|cuda] [--dtype float32] [--json FILE]
                             [--sizes d1,d2,...] [--budget S] [--sortnet eager|compile]
                             [--clock wall|cpu] [--check]
+    byzbench sweep | report | calibrate | stress | ...   (modules of byzbench.commands)
 
 User errors (bad config, unknown name, infeasible rule) print one line and exit with
 status 2; no traceback.
@@ -107,6 +108,10 @@ def _parser() -> argparse.ArgumentParser:
     bd = bsub.add_parser("defenses", help="time every aggregator and pre-aggregator against a read of its input")
     _bench_args(bd)
     bd.set_defaults(func=_cmd_bench_defenses)
+
+    from byzbench.commands import register_all
+
+    register_all(sub)
     return p
 
 
@@ -370,3 +375,9 @@ def _registries() -> dict:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# Helpers shared with the command modules of `byzbench.commands`.
+config_args = _config_args
+load_config = _load_config
+progress_bar = _progress_bar
