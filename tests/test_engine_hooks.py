@@ -305,3 +305,42 @@ def test_running_batchnorm_statistics_are_advanced_once_per_round():
     assert result.status == "finished" and result.final_accuracy is not None
     layers = [m for m in sim.model.modules() if isinstance(m, ClientBatchNorm2d)]
     assert layers and all(int(m.num_batches_tracked) == 3 for m in layers)
+
+
+# ---------------------------------------------------------------- one-off attack set-up
+class _Binder(Attack):
+    """Test attack: keeps the environment it is bound to; sends the honest mean."""
+
+    knowledge = "omniscient"
+    envs: list = []
+
+    def bind(self, env):
+        type(self).envs.append(env)
+
+    def craft(self, view):
+        return view.honest.mean(dim=0, keepdim=True).expand(view.f, -1)
+
+
+ATTACKS.register("_test_binder")(_Binder)
+
+
+def test_bind_gives_model_data_and_exact_gradients_without_touching_the_run():
+    _Binder.envs.clear()
+    cfg = quick(rounds=2, attack="_test_binder", model="logistic")
+    sim = Simulation(cfg)
+    theta0 = sim.theta.detach().clone()
+    sim.run()
+    (env,) = _Binder.envs
+    assert torch.equal(env.theta0, theta0) and list(env.byzantine) == list(range(sim.h, sim.n))
+    assert len(env.client_indices) == sim.n and env.num_classes == 10
+    idx = torch.as_tensor(env.client_indices[sim.n - 1][:8])
+    x, y = env.x_train[idx], env.y_train[idx]
+    w = theta0.clone().requires_grad_(True)
+    weight, bias = w[: 64 * 10].view(10, 64), w[64 * 10 :]
+    ref_loss = F.cross_entropy(x.flatten(1) @ weight.T + bias, y)
+    (ref_grad,) = torch.autograd.grad(ref_loss, w)
+    before = sim.theta.detach().clone()
+    loss, grad = env.loss_and_grad(theta0, x, y)
+    assert torch.allclose(loss, ref_loss.detach(), atol=1e-6) and torch.allclose(grad, ref_grad, atol=1e-6)
+    assert torch.equal(sim.theta, before)  # evaluating at θ_0 leaves the live parameters alone
+    assert env.logits(theta0, x).shape == (8, 10)

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from byzbench.attacks.base import ATTACKS, KNOWLEDGE_LEVELS, Attack, AttackerView
+from byzbench.attacks.base import ATTACKS, KNOWLEDGE_LEVELS, Attack, AttackEnv, AttackerView
 
-__all__ = ["ATTACKS", "KNOWLEDGE_LEVELS", "Attack", "AttackerView"]
+__all__ = ["ATTACKS", "KNOWLEDGE_LEVELS", "Attack", "AttackEnv", "AttackerView"]

@@ -28,7 +28,9 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
+from torch import nn
 
 from byzbench.models.layout import ParamLayout
 from byzbench.registry import Registry
@@ -59,6 +61,38 @@ class AttackerView:
     diagnostics: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class AttackEnv:
+    """What the engine hands an attack once, when a run starts (`Attack.bind`).
+
+    For one-off set-up that needs the model or the data, e.g. a pruning mask computed
+    from saliency (hybrid sparse attack, §4.13). The Byzantine clients are the last f
+    of the n clients (ids ``h .. n−1``); an attack reads only the data its knowledge
+    level allows (``own``: the Byzantine clients' partitions). ``theta0`` is a copy of
+    the initial parameters; ``loss_and_grad`` and ``logits`` evaluate the model at any
+    flat parameter vector without touching the run's parameters.
+    """
+
+    model: nn.Module
+    layout: ParamLayout
+    theta0: torch.Tensor  # [d] copy of θ_0
+    n: int
+    f: int
+    client_indices: list[np.ndarray]  # training-set indices of each client's partition
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    num_classes: int
+    generator: torch.Generator  # the attack's own set-up stream
+    loss_and_grad: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def byzantine(self) -> range:
+        """Client ids of the Byzantine clients (the last f)."""
+        return range(self.n - self.f, self.n)
+
+
 class Attack(abc.ABC):
     """Crafts the ``[f, d]`` Byzantine rows of a round."""
 
@@ -86,6 +120,9 @@ class Attack(abc.ABC):
 
     def reset(self) -> None:
         """Forget any state kept between rounds (a new run starts)."""
+
+    def bind(self, env: AttackEnv) -> None:
+        """One-off set-up when a run starts (after `reset`); most attacks need none."""
 
 
 def saturate(x: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:

@@ -33,9 +33,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 
 from byzbench import __version__
-from byzbench.attacks import ATTACKS, Attack, AttackerView
+from byzbench.attacks import ATTACKS, Attack, AttackEnv, AttackerView
 from byzbench.config import ExperimentConfig, resolve_device
 from byzbench.data import load_dataset, make_partitioner, partition
 from byzbench.defenses import AggregationContext, Defense
@@ -49,7 +51,8 @@ from byzbench.sim.schedule import SCHEDULES
 
 ROUND_METRICS = ("train_loss", "agg_norm", "dist_to_honest_mean", "cos_to_honest_mean")
 #: Random streams; new streams are appended so earlier ones keep their seeds.
-STREAMS = ("partition", "sampling", "init", "attack", "defense", "shuffle", "dropout", "root", "probe")
+STREAMS = ("partition", "sampling", "init", "attack", "defense", "shuffle", "dropout", "root", "probe",
+           "attack_setup")
 #: Size of the server's clean root dataset for rules that need a server gradient (FLTrust).
 DEFAULT_ROOT_SIZE = 100
 
@@ -111,6 +114,7 @@ class Simulation:
             cfg.model.name, cfg.model.params, self.dataset.input_shape, self.dataset.num_classes, self.seeds["init"]
         ).to(self.device)
         self.theta, self.layout = bind_flat(self.model)
+        self.theta0 = self.theta.detach().clone()
         self.d = self.layout.dim
         self.strategy = choose_strategy(cfg.strategy, self.model, self.device)
         self.gradients = ClientGradients(self.model, self.layout, self.n, self.strategy)
@@ -180,6 +184,7 @@ class Simulation:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.seeds["dropout"])
             self.attack.reset()
+            self.attack.bind(self.attack_env())
             self.defense.reset()
             history, diverged, done = self._loop(progress)
         wall = time.perf_counter() - start
@@ -368,6 +373,27 @@ class Simulation:
             return copy.deepcopy(state)(x, f, ctx)
 
         return defense
+
+    def attack_env(self) -> AttackEnv:
+        """The model and data an attack may use for its one-off set-up (`Attack.bind`)."""
+        model, layout = self.model, self.layout
+        buffers = dict(model.named_buffers())
+
+        def logits(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return functional_call(model, {**layout.unflatten(theta), **buffers}, (x,))
+
+        def loss_and_grad(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            theta = theta.detach().clone().requires_grad_(True)
+            loss = F.cross_entropy(logits(theta, x), y)
+            (grad,) = torch.autograd.grad(loss, theta)
+            return loss.detach(), grad
+
+        return AttackEnv(
+            model=model, layout=layout, theta0=self.theta0.clone(), n=self.n, f=self.f,
+            client_indices=list(self.parts), x_train=self.x_train, y_train=self.y_train,
+            num_classes=self.dataset.num_classes, generator=_gen(self.seeds["attack_setup"], self.device),
+            loss_and_grad=loss_and_grad, logits=logits,
+        )
 
     def _step(self, aggregate: torch.Tensor, lr: float) -> None:
         cfg = self.config
