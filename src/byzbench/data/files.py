@@ -252,10 +252,12 @@ def load_source(source: Source, root: str | os.PathLike | None, cache_id: str,
 
 def official_source(name: str, split: str | None = None) -> Source:
     """The `Source` of a dataset with official files; `ConfigError` for any other name."""
-    from byzbench.data import vision  # noqa: F401  (registers the datasets)
+    from byzbench.data import leaf, vision  # noqa: F401  (registers the datasets)
     from byzbench.data.datasets import DATASETS
 
     canonical = DATASETS.canonical(name, "data")
+    if canonical == "femnist":
+        raise ConfigError(leaf.NO_DOWNLOAD, "data")
     if canonical not in catalog.OFFICIAL:
         raise ConfigError(f"dataset {canonical!r} has no official files to fetch or check; "
                           f"datasets with official files: {', '.join(catalog.OFFICIAL)}", "data")
@@ -327,8 +329,14 @@ def describe_files(name: str, root: str | os.PathLike | None = None, *,
     """The files dataset ``name`` needs, where they are looked for, and each one's status.
 
     ``verify`` computes the checksums (slow for big files); otherwise a present file is
-    ``present`` (its size checked when the official size is known).
+    ``present`` (its size checked when the official size is known). ``femnist`` lists its
+    LEAF JSON files (`byzbench.data.leaf.describe_files`).
     """
+    from byzbench.data import leaf
+    from byzbench.data.datasets import DATASETS
+
+    if DATASETS.canonical(name, "data") == "femnist":
+        return leaf.describe_files(root, split=split, verify=verify)
     source = official_source(name, split)
     base, origin = resolve_data_root(root)
     try:
