@@ -16,6 +16,12 @@ defense can log any diagnostic. Non-finite floats: SQLite REAL holds ±inf but n
 so NaN is stored as NULL. `ResultsStore.round_metrics` reads NULL back as NaN; the
 scalar columns (``final_accuracy``, ``final_loss``, ...) read NULL back as ``None``.
 Timestamps are ISO-8601 UTC strings from `utc_now`.
+
+Sweeps: ``sweep_runs(sweep_name, run_id, position)`` records which runs a sweep expands
+to, in its expansion order (`ResultsStore.add_sweep_runs`, `ResultsStore.sweep_run_ids`).
+A run shared by two sweeps is stored once and listed in both. The table is additive
+(``CREATE TABLE IF NOT EXISTS`` on open adds it to older files, and older readers ignore
+it), so the schema version stays 1.
 """
 
 from __future__ import annotations
@@ -65,6 +71,12 @@ CREATE TABLE IF NOT EXISTS round_metrics (
     PRIMARY KEY (run_id, round, name)
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+CREATE TABLE IF NOT EXISTS sweep_runs (
+    sweep_name TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (sweep_name, run_id)
+);
 """
 
 _COLUMNS = (
@@ -231,6 +243,21 @@ class ResultsStore:
         with self._write() as conn:
             self._delete(conn, run_id)
 
+    def add_sweep_runs(self, sweep_name: str, run_ids: Sequence[str]) -> None:
+        """Record ``run_ids`` (in expansion order) as the runs of ``sweep_name``.
+
+        One transaction; the sweep's earlier list is replaced, so a sweep file that was
+        edited lists exactly its current runs. The ``runs`` rows are not touched.
+        """
+        if not sweep_name:
+            raise ValueError("sweep_name must be a non-empty string")
+        rows = [(sweep_name, run_id, i) for i, run_id in enumerate(run_ids)]
+        with self._write() as conn:
+            conn.execute("DELETE FROM sweep_runs WHERE sweep_name = ?", (sweep_name,))
+            conn.executemany(
+                "INSERT OR IGNORE INTO sweep_runs(sweep_name, run_id, position) VALUES (?, ?, ?)",
+                rows)
+
     @staticmethod
     def _delete(conn: sqlite3.Connection, run_id: str) -> None:
         """Delete a run's metrics and row inside the caller's transaction."""
@@ -274,4 +301,46 @@ class ResultsStore:
             "ORDER BY name, round", (run_id,))
         for name, rnd, value in rows:
             out.setdefault(name, []).append((rnd, math.nan if value is None else value))
+        return out
+
+    def statuses(self, run_ids: Sequence[str] | None = None) -> dict[str, str]:
+        """``{run_id: status}`` of the stored runs (of those among ``run_ids`` if given)."""
+        rows = self._conn.execute("SELECT run_id, status FROM runs")
+        found = dict(rows.fetchall())
+        return found if run_ids is None else {r: found[r] for r in run_ids if r in found}
+
+    def sweep_names(self) -> list[str]:
+        """Names of the sweeps recorded in this store, sorted."""
+        rows = self._conn.execute("SELECT DISTINCT sweep_name FROM sweep_runs ORDER BY sweep_name")
+        return [name for (name,) in rows]
+
+    def sweep_run_ids(self, sweep_name: str) -> list[str]:
+        """Run ids of ``sweep_name`` in its expansion order (empty for an unknown sweep)."""
+        rows = self._conn.execute(
+            "SELECT run_id FROM sweep_runs WHERE sweep_name = ? ORDER BY position", (sweep_name,))
+        return [run_id for (run_id,) in rows]
+
+    def metric_summaries(self, names: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
+        """``{run_id: {name: {"last", "min", "max"}}}`` of each run's series of ``names``.
+
+        ``last`` is the value at the largest round (NaN when it is NaN); ``min`` and
+        ``max`` ignore NaN and read NaN when a series has no other value.
+        """
+        if not names:
+            return {}
+        marks = ", ".join("?" for _ in names)
+        rows = self._conn.execute(
+            f"SELECT run_id, name, value FROM round_metrics WHERE name IN ({marks}) "
+            "ORDER BY run_id, name, round", tuple(names))
+        series: dict[tuple[str, str], list[float]] = {}
+        for run_id, name, value in rows:
+            series.setdefault((run_id, name), []).append(math.nan if value is None else value)
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for (run_id, name), values in series.items():
+            finite = [v for v in values if not math.isnan(v)]
+            out.setdefault(run_id, {})[name] = {
+                "last": values[-1],
+                "min": min(finite) if finite else math.nan,
+                "max": max(finite) if finite else math.nan,
+            }
         return out
