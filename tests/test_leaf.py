@@ -168,6 +168,15 @@ def test_off_grid_float_pixels_kept_as_floats(tmp_path):
     torch.testing.assert_close(ds.x_train.reshape(3, 784), torch.from_numpy(x).float())
 
 
+def test_to_grid_recovers_every_grey_level():
+    levels = np.arange(784) % 256
+    x = np.array((levels / 255).tolist(), dtype=np.float32).reshape(1, 784)  # as parsed from JSON
+    grid = leaf.to_grid(x)
+    assert grid.dtype == np.uint8 and grid.shape == (1, 28, 28) and grid.ravel().tolist() == levels.tolist()
+    off = leaf.to_grid(x + np.float32(0.5 / 255))
+    assert off.dtype == np.float32 and np.allclose(off.ravel(), x.ravel() + 0.5 / 255)
+
+
 # ------------------------------------------------------------------ splits and writer filters
 
 
