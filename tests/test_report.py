@@ -225,6 +225,22 @@ def test_blocks_mark_the_worst_attack_within_each_block(tmp_path):
     assert grid == pytest.approx([20, 70, 20, 90, 80, 80, 20])
 
 
+def test_non_finite_values_are_left_out_and_counted(tmp_path):
+    path = tmp_path / "nf.db"
+    with ResultsStore(path) as s:
+        for seed, loss in enumerate((0.5, math.inf, 1.5)):
+            cfg = _config("alie(z=8)", "mean", seed)
+            s.start_run(cfg.run_id, cfg.to_dict(), "test")
+            s.finish_run(cfg.run_id, status="finished", rounds_completed=1,
+                         metrics={"test_accuracy": [(0, math.nan), (1, 0.4), (2, math.inf)]},
+                         final_accuracy=0.4, final_loss=loss, diverged_round=None, wall_time_s=1.0)
+    frame = load_frame(path)
+    assert all(r["max_accuracy"] == pytest.approx(0.4) for r in frame.rows)
+    t = pivot_table(frame, metric="final_loss")
+    assert (t.cells[0][0].mean, t.cells[0][0].n) == (pytest.approx(1.0), 2)
+    assert "1 non-finite value(s) left out." in t.notes
+
+
 def test_pooled_keys_are_named_in_the_notes(store_path):
     t = pivot_table(load_frame(store_path), rows=("attack.name",), cols=("defense",))
     assert not any("pool" in note for note in t.notes)  # attack.name fixes the attack in this store
@@ -325,6 +341,8 @@ def test_heatmap_grid_is_ordered_with_none_last(tmp_path):
     assert grid.xs == [2, 10] and grid.ys == [0.1, 0.5, None]
     assert grid.values[0] == pytest.approx(np.array([[65.0, 35.0]] * 3))
     assert grid.counts.tolist() == [[[2, 2]] * 3]
+    only = heatmap_grid(frame.select(["attack.z=10"]), "attack.z", "partition.beta")
+    assert only.xs == [10] and only.values[0, :, 0] == pytest.approx([35.0] * 3)
     out = heatmap(frame, "attack.z", "partition.beta", tmp_path / "h.png", facet="defense")
     w, h = _png_size(out)
     assert 300 < w < 2000 and 200 < h < 2000 and out.stat().st_size > 5_000

@@ -67,16 +67,19 @@ class CurvesSpec:
 
 @dataclass(frozen=True)
 class HeatmapSpec:
-    """A heatmap of ``metric`` over ``x`` × ``y``, one panel per value of ``facet``."""
+    """A heatmap of ``metric`` over ``x`` × ``y``, one panel per value of ``facet``, of the
+    runs matching ``where`` (e.g. ``("attack.name=alie",)`` for a heatmap over ``attack.z``)."""
 
     x: str
     y: str
     facet: str | None = None
     metric: str = "max_accuracy"
+    where: tuple[str, ...] = ()
 
     @property
     def slug(self) -> str:
-        return _slug(f"heatmap_{self.metric}_{self.x}_{self.y}" + (f"_by_{self.facet}" if self.facet else ""))
+        return _slug(f"heatmap_{self.metric}_{self.x}_{self.y}" + (f"_by_{self.facet}" if self.facet else "")
+                     + "".join(f"_{w}" for w in self.where))
 
 
 @dataclass(frozen=True)
@@ -150,9 +153,10 @@ def _figures(frame: Frame, spec: ReportSpec, out: Path, paths: dict[str, Path]) 
         items.append(FigureItem(f"Test accuracy by {c.key}" + (f", one panel per {c.facet}" if c.facet else "")
                                 + f": mean over runs, band ±1 std (ddof={spec.std_ddof}).", path))
     for h in spec.heatmaps:
-        path = heatmap(frame, h.x, h.y, out / f"{h.slug}.png", metric=h.metric, facet=h.facet)
+        path = heatmap(frame.select(h.where), h.x, h.y, out / f"{h.slug}.png", metric=h.metric, facet=h.facet)
         items.append(FigureItem(f"Mean {METRIC_TEXT[h.metric][0]} over {h.x} × {h.y}"
                                 + (f", one panel per {h.facet}" if h.facet else "")
+                                + (f", runs with {'; '.join(h.where)}" if h.where else "")
                                 + "; a missing key (e.g. β of an IID partition) is shown as ∞.", path))
     if spec.bench_json is not None:
         path = runtime_bars(spec.bench_json, out / "runtime.png")

@@ -37,7 +37,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,12 @@ class Frame:
     def values(self, key: str) -> list[Any]:
         """The distinct values of ``key`` in `value_order` (None last)."""
         return sorted({_hashable(row.get(key)) for row in self.rows}, key=value_order)
+
+    def select(self, where: Sequence[str] | Mapping[str, Sequence[str]]) -> Frame:
+        """The rows matching ``where`` (as in `load_frame`), other fields shared."""
+        filters = dict(where) if isinstance(where, Mapping) else parse_where(where)
+        extra = tuple(f"{k}={v}" for k, vs in filters.items() for v in vs)
+        return replace(self, rows=apply_where(self.rows, filters), where=self.where + extra)
 
     def check_keys(self, keys: Iterable[str], option: str) -> None:
         """Raise `ConfigError` on ``option`` for a key no row has."""
