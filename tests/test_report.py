@@ -22,8 +22,19 @@ from byzbench.config import ExperimentConfig
 from byzbench.errors import ConfigError
 from byzbench.experiments import ResultsStore
 from byzbench.report import (
-    CurvesSpec, FigureItem, HeatmapSpec, ReportSpec, TableSpec, accuracy_curves, build_report, heatmap,
-    heatmap_grid, load_frame, pivot_table, render_html, runtime_bars,
+    CurvesSpec,
+    FigureItem,
+    HeatmapSpec,
+    ReportSpec,
+    TableSpec,
+    accuracy_curves,
+    build_report,
+    heatmap,
+    heatmap_grid,
+    load_frame,
+    pivot_table,
+    render_html,
+    runtime_bars,
 )
 from byzbench.report.figures import load_bench, mean_curve
 from byzbench.report.frame import chance_level, flatten_config, matches, value_order

@@ -7,7 +7,6 @@ Skipped when no browser is installed (Debian: ``apt-get install -y chromium``).
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,12 @@ from byzbench.errors import ConfigError
 from byzbench.experiments import ResultsStore
 from byzbench.report import CurvesSpec, HeatmapSpec, ReportSpec, build_report
 from byzbench.report.browser import (
-    ENV_VAR, BrowserNotFoundError, check_dom, find_browser, render_check, screenshot,
+    ENV_VAR,
+    BrowserNotFoundError,
+    check_dom,
+    find_browser,
+    render_check,
+    screenshot,
 )
 
 

@@ -220,12 +220,11 @@ class PivotTable:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow([*self.row_keys, *self.col_keys, "metric", "mean", "std", "n", "worst", "kind"])
-        num = lambda v: "" if v is None else repr(v)  # noqa: E731
         for row, cells in self.grid():
             for col, c in zip(self.col_lines, cells):
                 kind = {(False, False): "cell", (True, False): "worst_case_row",
                         (False, True): "worst_case_col", (True, True): "worst_case"}[(row.summary, col.summary)]
-                w.writerow([*_plain(row.values), *_plain(col.values), self.metric, num(c.mean), num(c.std),
+                w.writerow([*_plain(row.values), *_plain(col.values), self.metric, _num(c.mean), _num(c.std),
                             str(c.n), "*" if c.worst else "", kind])
         return buf.getvalue()
 
@@ -251,6 +250,10 @@ def label_text(value: Any) -> str:
 
 def _plain(values: tuple[Any, ...]) -> list[str]:
     return ["" if v is _ABSENT else label_text(v) for v in values]
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else repr(value)
 
 
 def _md_escape(text: str) -> str:
@@ -308,7 +311,9 @@ def _block_positions(keys: tuple[str, ...], attack_axis: bool) -> tuple[int, ...
 
 def _block_groups(labels: list[tuple[Any, ...]], block_pos: tuple[int, ...]) -> dict[tuple, list[int]]:
     """Block values → indices of its labels, blocks and members in `value_order`."""
-    block_of = lambda lab: tuple(lab[p] for p in block_pos)  # noqa: E731
+    def block_of(label: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(label[p] for p in block_pos)
+
     order = sorted(range(len(labels)), key=lambda i: (_label_order(block_of(labels[i])), _label_order(labels[i])))
     blocks: dict[tuple, list[int]] = {}
     for i in order:
@@ -426,8 +431,8 @@ def _groups(frame: Frame, rows: tuple[str, ...], cols: tuple[str, ...], metric: 
 def _attack_axis(choice: str, rows: tuple[str, ...], cols: tuple[str, ...]) -> str:
     if choice != "auto":
         return choice
-    on = lambda keys: any(_is_attack_key(k) for k in keys)  # noqa: E731
-    return "cols" if on(cols) and not on(rows) else "rows"
+    on_cols, on_rows = (any(_is_attack_key(k) for k in keys) for keys in (cols, rows))
+    return "cols" if on_cols and not on_rows else "rows"
 
 
 def _usual_n(cells: list[list[Cell]]) -> int:
@@ -491,5 +496,14 @@ def diverged_note(frame: Frame) -> str:
             f"{chance} if none was recorded (diverged_as=last).")
 
 
-__all__ = ["Cell", "FORMATS", "Line", "PivotTable", "diverged_note", "label_text", "latex_escape", "pivot_table",
-           "worst_of"]
+__all__ = [
+    "FORMATS",
+    "Cell",
+    "Line",
+    "PivotTable",
+    "diverged_note",
+    "label_text",
+    "latex_escape",
+    "pivot_table",
+    "worst_of",
+]
