@@ -302,7 +302,7 @@ def test_natural_partition_runs_through_the_engine(tmp_path, tree):
 def corrupt(tmp_path: Path, edit) -> Path:
     """The first training file of a fresh tree, rewritten by ``edit(data)``."""
     make_leaf_tree(tmp_path / "femnist")
-    path = sorted((tmp_path / "femnist" / "train").glob("*.json"))[0]
+    path = min((tmp_path / "femnist" / "train").glob("*.json"))
     data = json.loads(path.read_text())
     edit(data)
     path.write_text(json.dumps(data))
@@ -407,7 +407,7 @@ def test_cache_reused_without_parsing_then_rebuilt(tmp_path, tree, monkeypatch):
     assert digits.num_classes == 10
     monkeypatch.undo()
 
-    path = sorted((folder / "train").glob("*.json"))[0]
+    path = min((folder / "train").glob("*.json"))
     st_ = path.stat()
     os.utime(path, ns=(st_.st_atime_ns, st_.st_mtime_ns + 10**9))  # touched: rebuilt
     calls = []
@@ -476,7 +476,7 @@ def test_data_files_report(tmp_path):
     report = files.describe_files("femnist", tmp_path)
     assert report.ready and len(report.layouts[0]) == 4
     assert {f.status for f in report.layouts[0]} == {"present"}
-    bad = sorted((tmp_path / "femnist" / "test").glob("*.json"))[0]
+    bad = min((tmp_path / "femnist" / "test").glob("*.json"))
     bad.write_text("{")
     checked = files.describe_files("femnist", tmp_path, verify=True)
     assert [f.status for f in checked.layouts[0]].count("invalid") == 1 and not checked.ready

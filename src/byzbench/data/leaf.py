@@ -33,12 +33,24 @@ from typing import Any
 
 import numpy as np
 
-from byzbench.checks import check_bool, check_choice, check_int, check_optional_int, check_real
+from byzbench.checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_optional_int,
+    check_real,
+)
 from byzbench.data import files
 from byzbench.data.catalog import FileSpec
 from byzbench.data.datasets import DATASETS, Dataset
 from byzbench.data.files import Arrays, DataFileError, MissingDataError
-from byzbench.data.vision import build_dataset, channel_stats, check_root, check_stats, pixels_to_float
+from byzbench.data.vision import (
+    build_dataset,
+    channel_stats,
+    check_root,
+    check_stats,
+    pixels_to_float,
+)
 from byzbench.errors import ConfigError, ParamError
 
 SIDE = 28
@@ -239,7 +251,7 @@ def concat_images(parts: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([_as_float(p) for p in parts])
 
 
-def read_leaf_split(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_leaf_split(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The images, labels and per-sample writer names of the files of one split, in file
     order; a writer in two files of one split is a `DataFileError` naming both."""
     seen: dict[str, Path] = {}
@@ -253,9 +265,9 @@ def read_leaf_split(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, list
             seen[user] = path
         xs.append(part.x)
         ys.append(part.y)
-        names += [u for u, c in zip(part.users, part.counts) for _ in range(int(c))]
+        names.append(np.repeat(np.array(part.users, dtype=str), part.counts))
     y = np.concatenate(ys) if ys else np.zeros(0, np.int64)
-    return concat_images(xs), y, names
+    return concat_images(xs), y, np.concatenate(names) if names else np.zeros(0, str)
 
 
 def decode_folder(folder: Path, layout: tuple[FileSpec, ...], parts: Sequence[str]) -> Arrays:
@@ -268,14 +280,14 @@ def decode_folder(folder: Path, layout: tuple[FileSpec, ...], parts: Sequence[st
         if decoded[part][1].size == 0:
             raise DataFileError(f"femnist: the LEAF files in {folder / part} hold no samples",
                                 str(folder / part))
-    writers = np.array(sorted({n for _, _, names in decoded.values() for n in names}), dtype=str)
+    writers = np.unique(np.concatenate([names for _, _, names in decoded.values()]))
     out: Arrays = {"writers": writers}
     xs = concat_images([x for x, _, _ in decoded.values()])
     offsets = np.cumsum([0] + [len(y) for _, y, _ in decoded.values()])
     for i, (part, (_, y, names)) in enumerate(decoded.items()):
         out[f"x_{part}"] = xs[offsets[i]:offsets[i + 1]]  # one dtype across parts
         out[f"y_{part}"] = y
-        out[f"w_{part}"] = np.searchsorted(writers, np.array(names, dtype=str)).astype(np.int64)
+        out[f"w_{part}"] = np.searchsorted(writers, names).astype(np.int64)
     return out
 
 
@@ -390,7 +402,7 @@ def select_writers(counts: np.ndarray, min_samples: int, max_writers: int | None
     """Sorted indices of the writers kept: those with ≥ ``min_samples`` samples (and ≥ 1),
     then at most ``max_writers`` of them: the first in sorted-name order (``"first"``) or a
     uniform sample without replacement drawn from ``rng`` (``"sample"``)."""
-    eligible = np.flatnonzero((counts >= max(min_samples, 1)))
+    eligible = np.flatnonzero(counts >= max(min_samples, 1))
     if max_writers is None or eligible.size <= max_writers:
         return eligible
     if selection == "first":
