@@ -8,6 +8,7 @@ from byzbench.data.partition import PARTITIONERS, Partitioner, make_partitioner,
 import byzbench.data.imagefolder  # noqa: E402,F401  (registers imagefolder)
 import byzbench.data.partitioners_extra  # noqa: E402,F401  (registers longtail, shards, …)
 import byzbench.data.vision  # noqa: E402,F401  (registers mnist, fashion_mnist, emnist, cifar10, svhn)
+import byzbench.data.leaf  # noqa: E402,F401  (registers femnist)
 from byzbench.data.files import DataFileError, MissingDataError, data_root, describe_files, fetch  # noqa: E402
 from byzbench.data.describe import describe_partition, format_description, plot_label_matrix  # noqa: E402
 
