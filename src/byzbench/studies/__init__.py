@@ -1,0 +1,1 @@
+"""Self-contained studies reproducing a paper's toy experiment (``byzbench <study>`` commands)."""
