@@ -304,6 +304,43 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
         assert [store.get_run(i).status for i in (ids[0], ids[2])] == ["finished", "finished"]
 
 
+def test_diverged_run_counts_as_done_and_is_not_rerun(tmp_path: Path) -> None:
+    sweep = _sweep(grid={"defense": ["mean"], "attack.z": [1.0, 1e38]})  # z = 1e38 blows the mean up
+    with ResultsStore(tmp_path / "r.db") as store:
+        summary = run_sweep(sweep, store, Recording())
+        assert (summary.finished, summary.diverged, summary.failed) == (1, 1, 0)
+        bad = sweep.runs()[1].run_id
+        rec = store.get_run(bad)
+        assert rec.status == "diverged" and rec.final_accuracy is None and rec.diverged_round is not None
+        again = Recording()
+        assert run_sweep(sweep, store, again).skipped == 2 and again.started == []
+
+
+def test_progress_display_refreshes_on_a_terminal_and_logs_lines_otherwise() -> None:
+    import io
+
+    from byzbench.commands.sweep import ProgressDisplay, format_duration
+    from byzbench.experiments.sweeping import SweepProgress
+
+    snap = SweepProgress("s", total=10, skipped=2, done=3, failed=1, running=2, remaining=2, elapsed_s=75.0,
+                         eta_s=3725.0)
+    line = "sweep s: 3 done · 2 running · 1 failed · 2 remaining · 2 skipped  [1m15s, ETA 1h02m05s]"
+    tty = io.StringIO()
+    display = ProgressDisplay(tty, tty=True, interval=0.0)
+    display(snap)
+    display.say("run x failed: boom")
+    display.close()
+    assert tty.getvalue() == "\r" + line + "\r" + " " * len(line) + "\r" + "run x failed: boom\n" + "\r" + line + "\n"
+    log = io.StringIO()
+    display = ProgressDisplay(log, tty=False, interval=3600.0)
+    display(snap)
+    display(SweepProgress("s", 10, 2, 4, 1, 1, 2, 80.0, None))  # within the interval: not written
+    display.close()  # the latest state, always
+    assert log.getvalue().splitlines() == [line, line.replace("3 done", "4 done").replace("2 running", "1 running")
+                                           .replace("[1m15s, ETA 1h02m05s]", "[1m20s, ETA —]")]
+    assert [format_duration(s) for s in (0.4, 59.6, 61, 3600)] == ["0s", "1m00s", "1m01s", "1h00m00s"]
+
+
 def test_invalid_sweep_writes_nothing(tmp_path: Path) -> None:
     db = tmp_path / "r.db"
     with ResultsStore(db) as store:

@@ -14,6 +14,7 @@ sweep is failed at the end, 0 otherwise.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -81,10 +82,14 @@ def _dry_run(sweep, db: Path, skip_failed: bool) -> int:
     from byzbench.experiments.sweeping import plan_sweep
 
     if not db.exists():
-        print(format_plan(sweep, plan_sweep(sweep, None, skip_failed)))
-        return 0
-    with ResultsStore(db) as store:
-        print(format_plan(sweep, plan_sweep(sweep, store, skip_failed)))
+        text = format_plan(sweep, plan_sweep(sweep, None, skip_failed))
+    else:
+        with ResultsStore(db) as store:
+            text = format_plan(sweep, plan_sweep(sweep, store, skip_failed))
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # e.g. piped into `head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
