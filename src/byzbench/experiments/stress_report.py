@@ -1,0 +1,161 @@
+"""The files of a stress test: worst-case table, per-level gauntlet tables, calibration
+table, heatmaps and one self-contained HTML report (optionally screenshotted)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from byzbench.experiments.store import ResultsStore
+from byzbench.experiments.sweep import Sweep
+
+#: The strength parameter shown on a heatmap's x axis, per attack family.
+HEATMAP_PARAMS = {"alie": "attack.z", "ipm": "attack.epsilon", "strike": "attack.nu"}
+
+
+@dataclass
+class CalibrationTable:
+    """The calibrated strength of each parametrised attack per (defense, level)."""
+
+    rows: list[tuple[str, str, str, str, str]]  # defense, level, attack, chosen value, proxy scores
+
+    HEAD = ("defense", "level", "attack", "calibrated", "proxy accuracy (%) per value")
+
+    def caption(self) -> str:
+        return ("Calibrated attack strengths: the value with the lowest proxy accuracy "
+                "(short-horizon runs, first seed) per defense and heterogeneity level.")
+
+    def to_markdown(self) -> str:
+        lines = ["| " + " | ".join(self.HEAD) + " |", "|" + "---|" * len(self.HEAD)]
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(lines) + "\n\n" + self.caption() + "\n"
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        csv.writer(buf).writerows([self.HEAD, *self.rows])
+        return buf.getvalue()
+
+    def to_html(self) -> str:
+        esc = html.escape
+        out = ['<table class="pivot">', "<caption>Calibrated attack strengths</caption>",
+               "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in self.HEAD) + "</tr></thead>", "<tbody>"]
+        out += ["<tr>" + "".join(f'<td style="text-align:left">{esc(c)}</td>' for c in r) + "</tr>"
+                for r in self.rows]
+        return "\n".join([*out, "</tbody>", "</table>", f'<p class="note">{esc(self.caption())}</p>'])
+
+
+def calibration_table(calibrated: Sequence[Any]) -> CalibrationTable:
+    from byzbench.experiments.stress import level_label
+
+    rows = []
+    for c in calibrated:
+        scores = ", ".join(f"{v}: {100 * a:.1f}" if a == a else f"{v}: failed" for v, a in c.scores)
+        rows.append((c.defense, level_label(c.beta), c.attack, f"{c.param}={c.value}", scores))
+    return CalibrationTable(rows)
+
+
+def _frame(store: ResultsStore, sweep: Sweep):
+    from byzbench.report import load_frame
+
+    records = [r for r in (store.get_run(i) for i in store.sweep_run_ids(sweep.name)) if r is not None]
+    return load_frame(records, metrics=store.round_metrics)
+
+
+def write_stress_report(store: ResultsStore, settings: Any, calibrated: Sequence[Any], gauntlet: Sweep,
+                        proxy: Sweep | None, out_dir: Any, *, screenshot: bool = False):
+    """Write every file of the stress test under ``out_dir``; returns (worst-case table, paths)."""
+    from byzbench.experiments.stress import level_label, worst_case_table
+    from byzbench.report import FigureItem, heatmap, pivot_table, write_html
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = _frame(store, gauntlet)
+    worst = worst_case_table(frame, settings.metric, settings.defenses, settings.betas, len(settings.seeds))
+    paths: dict[str, Any] = {}
+    paths["worst_case_md"] = _write(out / "worst_case.md", worst.to_markdown())
+    paths["worst_case_csv"] = _write(out / "worst_case.csv", worst.to_csv())
+    tables: list[Any] = [worst]
+    for beta in settings.betas:
+        where = ["partition.name=iid"] if beta is None else [f"partition.beta={beta}"]
+        sub = frame.select(where)
+        if not sub.rows:
+            continue
+        table = pivot_table(sub, ["attack.name"], ["defense"], settings.metric,
+                            title=f"{level_label(beta)}: accuracy (%) per attack (calibrated strength) and defense")
+        tables.append(table)
+        slug = "iid" if beta is None else f"beta{beta:g}"
+        paths[f"gauntlet_{slug}_md"] = _write(out / f"gauntlet_{slug}.md", table.to_markdown())
+        paths[f"gauntlet_{slug}_tex"] = _write(out / f"gauntlet_{slug}.tex", table.to_latex())
+        paths[f"gauntlet_{slug}_csv"] = _write(out / f"gauntlet_{slug}.csv", table.to_csv())
+    if calibrated:
+        cal = calibration_table(calibrated)
+        tables.append(cal)
+        paths["calibration_md"] = _write(out / "calibration.md", cal.to_markdown())
+        paths["calibration_csv"] = _write(out / "calibration.csv", cal.to_csv())
+    figures = _figures(store, settings, worst, frame, proxy, out, paths)
+    paths["html"] = write_html(out / "report.html", tables, figures, title="byzbench stress test",
+                               store=str(store.path), n_runs=len(frame.rows),
+                               extra=[("settings", _settings_line(settings))])
+    if screenshot:
+        _screenshot(paths)
+    return worst, paths
+
+
+def _figures(store: ResultsStore, settings: Any, worst: Any, frame: Any, proxy: Sweep | None, out: Path,
+             paths: dict[str, Any]) -> list[Any]:
+    from byzbench.report import FigureItem, Frame, heatmap
+
+    figures = []
+    worst_rows = [{"defense": d, "partition.beta": b, settings.metric: c.mean}
+                  for d in settings.defenses for b in settings.betas
+                  if (c := worst.cells.get((d, _label(b)))) is not None]
+    if worst_rows:
+        path = heatmap(Frame(worst_rows), "defense", "partition.beta", out / "worst_case_heatmap.png",
+                       metric=settings.metric, none_label="IID")
+        paths["worst_case_heatmap"] = path
+        figures.append(FigureItem("Worst-case accuracy (%) of each defense over the calibrated attacks, "
+                                  "per heterogeneity level (Dirichlet β; IID).", Path(path)))
+    if proxy is not None:
+        proxy_frame = _frame(store, proxy)
+        for attack, key in HEATMAP_PARAMS.items():
+            sub = proxy_frame.select([f"attack.name={attack}"])
+            if len({r.get(key) for r in sub.rows}) < 2:
+                continue
+            path = heatmap(sub, key, "partition.beta", out / f"proxy_{attack}_heatmap.png",
+                           metric=settings.metric, facet="defense", none_label="IID")
+            paths[f"proxy_{attack}_heatmap"] = path
+            figures.append(FigureItem(f"{attack}: proxy accuracy (%) over its strength ({key}) and the "
+                                      f"heterogeneity level, one panel per defense ({settings.proxy_rounds} "
+                                      "rounds, first seed) — the calibration landscape.", Path(path)))
+    return figures
+
+
+def _label(beta: float | None) -> str:
+    from byzbench.experiments.stress import level_label
+
+    return level_label(beta)
+
+
+def _settings_line(settings: Any) -> str:
+    levels = ", ".join(_label(b) for b in settings.betas)
+    return (f"{len(settings.attacks)} attacks × {len(settings.defenses)} defenses × levels {levels}; "
+            f"seeds {list(settings.seeds)}; {settings.rounds} rounds (proxy {settings.proxy_rounds}); "
+            f"metric {settings.metric}")
+
+
+def _screenshot(paths: dict[str, Any]) -> None:
+    from byzbench.report import render_check, screenshot
+
+    html_path = paths["html"]
+    png = Path(html_path).with_suffix(".png")
+    paths["screenshot"] = screenshot(html_path, png, 1280, 3000)
+    paths["render_check"] = render_check(html_path)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
