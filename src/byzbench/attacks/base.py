@@ -59,6 +59,10 @@ class AttackerView:
     extra: dict[str, Any] = field(default_factory=dict)
     #: Filled by the attack: scalar diagnostics of this round (strength used, …).
     diagnostics: dict[str, float] = field(default_factory=dict)
+    #: For attacks that declare ``lookahead = True`` (omniscient): a `byzbench.sim.replay.Replay`
+    #: handle, ``simulate(controls, steps) -> Trajectory``, that replays the next server
+    #: steps with given Byzantine rows and leaves the real run untouched; None otherwise.
+    simulate: Any = None
 
 
 @dataclass

@@ -70,6 +70,10 @@ def default_solver(rule: str) -> str:
     return _SOLVER_OF_RULE.get(rule, "Powell")
 
 
+class _Budget(Exception):
+    """Raised inside the objective once ``max_evals`` evaluations are spent."""
+
+
 @dataclass(frozen=True)
 class MaximizeResult:
     """The best point found, its objective value and the number of evaluations."""
@@ -85,13 +89,18 @@ def maximize(
     method: str = "Powell",
     bounds: Sequence[tuple[float | None, float | None]] | None = None,
     maxiter: int | None = None,
+    max_evals: int | None = None,
 ) -> MaximizeResult:
     """Maximise ``fun`` with ``scipy.optimize.minimize(−fun, x0, method)``.
 
     Every evaluation is kept, so the best point ever evaluated is returned even when the
     solver stops elsewhere (Powell and Nelder–Mead may end on a worse simplex point;
     SLSQP may stop on a failed line search). Non-finite values count as 1e31.
+    ``max_evals`` (None: no limit) stops the solver after that many evaluations of
+    ``fun``, whatever the method (SciPy's own limits differ per method).
     """
+    if max_evals is not None and (isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1):
+        raise ValueError(f"max_evals must be an integer ≥ 1 or None, got {max_evals!r}")
     if method not in SOLVERS:
         raise ValueError(f"method must be one of {', '.join(SOLVERS)}, got {method!r}")
     x0 = np.asarray(x0, dtype=np.float64).reshape(-1)
@@ -99,6 +108,8 @@ def maximize(
     count = [0]
 
     def negative(x: np.ndarray) -> float:
+        if max_evals is not None and count[0] >= max_evals:
+            raise _Budget
         value = float(fun(np.asarray(x, dtype=np.float64)))
         value = value if np.isfinite(value) else NONFINITE_LOSS
         count[0] += 1
@@ -107,5 +118,8 @@ def maximize(
         return -value
 
     options = {} if maxiter is None else {"maxiter": int(maxiter)}
-    optimize.minimize(negative, x0, method=method, bounds=bounds, options=options)
+    try:
+        optimize.minimize(negative, x0, method=method, bounds=bounds, options=options)
+    except _Budget:
+        pass
     return MaximizeResult(x=best[0], value=float(best[1]), evaluations=count[0])

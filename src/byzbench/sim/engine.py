@@ -41,13 +41,15 @@ from byzbench.attacks import ATTACKS, Attack, AttackEnv, AttackerView
 from byzbench.config import ExperimentConfig, resolve_device
 from byzbench.data import load_dataset, make_partitioner, partition
 from byzbench.defenses import AggregationContext, Defense
-from byzbench.errors import NonFiniteInputError
+from byzbench.errors import ConfigError, NonFiniteInputError
 from byzbench.models import bind_flat, build_model
 from byzbench.sim.clients import ClientGradients, choose_strategy, evaluate
 from byzbench.models.papers import ClientBatchNorm2d, update_norm_stats
 from byzbench.sim.local import LOCAL_PROCEDURES, LocalTrainer, local_batch_size
+from byzbench.sim.replay import Replay
 from byzbench.sim.sampler import ClientSampler
 from byzbench.sim.schedule import SCHEDULES
+from byzbench.spec import ComponentSpec
 
 ROUND_METRICS = ("train_loss", "agg_norm", "dist_to_honest_mean", "cos_to_honest_mean")
 #: Random streams; new streams are appended so earlier ones keep their seeds.
@@ -97,7 +99,7 @@ class Simulation:
     """A configured run; all set-up (data, partition, model, components) happens here."""
 
     def __init__(self, config: ExperimentConfig) -> None:
-        self.config = config.validate()
+        self.config = _validated(config)
         cfg = config
         self.device = resolve_device(cfg.device)
         self.seeds = seed_streams(cfg.seed)
@@ -120,8 +122,16 @@ class Simulation:
         self.gradients = ClientGradients(self.model, self.layout, self.n, self.strategy)
         attack_params = dict(cfg.attack.params)
         knowledge = attack_params.pop("knowledge", None)
+        #: First round at which the Byzantine clients stop attacking and send their own
+        #: honest messages (``attack.until``, seed 001 App. A); None: they never stop.
+        self.until = check_until(attack_params.pop("until", None))
         self.attack: Attack = ATTACKS.create(cfg.attack.name, "attack", **attack_params)
         self.knowledge = knowledge or self.attack.knowledge
+        self._lookahead = bool(getattr(self.attack, "uses_replay", False))
+        if self._lookahead and self.knowledge == "own":
+            raise ConfigError(
+                f"attack {self.attack.name!r} replays future rounds and needs knowledge 'omniscient' "
+                "(the honest clients' future batches); got 'own'", "attack.knowledge")
         self.defense = Defense.from_spec(cfg.defense, "defense")
         self.schedule = SCHEDULES.create(cfg.lr_schedule.name, "lr_schedule", **cfg.lr_schedule.params)
         self.local = LOCAL_PROCEDURES.create(cfg.local.name, "local", **cfg.local.params)
@@ -131,6 +141,7 @@ class Simulation:
         self.trainer = LocalTrainer(self.model, self.layout, self.n, self.local, cfg.lr) if self.local.steps else None
         self.sampler = ClientSampler(parts, self.batch, _cpu_gen(self.seeds["sampling"]))
         self._alloc()
+        self._root_sampler: ClientSampler | None = None
         self.server_gradient = self._server_gradient_fn() if self.defense.needs_server_gradient else None
         self._probe_gen = _gen(self.seeds["probe"], self.device)
         #: Optional ``observer(t, honest[h, d], byzantine[f, d], aggregate[d])`` called after
@@ -166,6 +177,7 @@ class Simulation:
         rng = np.random.default_rng(self.seeds["root"])
         root = _stratified(self.dataset.y_train.numpy(), size, rng)
         sampler = ClientSampler([root], min(self.config.batch_size, len(root)), _cpu_gen(self.seeds["root"]))
+        self._root_sampler = sampler  # its state is part of a replayable round
         grads = ClientGradients(self.model, self.layout, 1, self.strategy)
         out = torch.empty(1, self.d, device=self.device)
 
@@ -260,30 +272,20 @@ class Simulation:
 
     def _round(self, t: int, prev: torch.Tensor | None, shuffle_gen: torch.Generator,
                ctx: AggregationContext, attack_gen: torch.Generator) -> tuple[torch.Tensor, list[float]]:
-        cfg, h, f = self.config, self.h, self.f
-        level = self.attack.level if f and self.attack.perturbs else None
-        if self.trainer is None:
-            losses = self.gradients(*self._batch(level), self.grads)
-            if self._norm_stats:  # BatchNorm running averages: once per round, honest clients
-                update_norm_stats(self.model, self.xb[: h * self.batch], h)
-        else:
-            losses = self.trainer(self.theta, lambda k: self._batch(level), self.grads)
+        h, f = self.h, self.f
+        level = self._level(t)
+        losses = self._local(level)
         diagnostics: dict[str, Any] = {}
         if level == "gradient":
             view = self._view(self.grads[:h], self.grads[h:], t, prev, attack_gen)
             self.grads[h:] = _detached(self.attack.craft(view), self.grads)
             diagnostics.update(view.diagnostics)
-        # ``slots`` holds the n messages: the honest rows [:h] and the Byzantine ones [h:].
-        if self.momenta is None:
-            slots, own = self.grads, self.grads[h:]
-        else:
-            beta, damp = cfg.momentum, cfg.momentum_dampening
-            update_momentum(self.momenta[:h], self.grads[:h], beta, damp)
-            update_momentum(self.momenta[self.n:], self.grads[h:], beta, damp)
-            slots, own = self.momenta[: self.n], self.momenta[self.n :]
+        slots, own = self._momentum()
         honest, byz = slots[:h], own
         if level == "message":
             view = self._view(honest, own, t, prev, attack_gen)
+            if self._lookahead:
+                view.simulate = Replay(self, t, prev, shuffle_gen, ctx.generator, attack_gen)
             byz = self.attack.craft(view)
             diagnostics.update(view.diagnostics)
         mu = honest.mean(dim=0)
@@ -293,18 +295,7 @@ class Simulation:
         pre = torch.stack([mu_norm, byz_sum.to(mu_norm.dtype)]).tolist()
         ctx.round, ctx.diagnostics = t, {}
         ctx.rows_finite = math.isfinite(pre[0]) and math.isfinite(pre[1])
-        if self.defense.order_invariant:
-            order = self._identity
-            if f and byz.data_ptr() != slots[h:].data_ptr():
-                slots[h:] = _detached(byz, slots).expand(f, -1)
-            messages = slots
-        else:
-            # Rules that may depend on row order see the rows in a fresh random order.
-            order = torch.randperm(self.n, generator=shuffle_gen).to(self.device)
-            self.messages.index_copy_(0, order[:h], honest)
-            if f:
-                self.messages.index_copy_(0, order[h:], byz.to(self.messages.dtype).expand(f, -1))
-            messages = self.messages
+        messages, order = self._messages(honest, byz, slots, shuffle_gen)
         aggregate = self.defense(messages, f, ctx)
         if self.observer is not None:
             self.observer(t, honest, byz.expand(f, -1) if f else byz, aggregate)
@@ -312,8 +303,64 @@ class Simulation:
             [losses[:h].mean(), aggregate.norm(), (aggregate - mu).norm(), torch.dot(aggregate, mu)]
         ).tolist()
         cos = dot / max(norm * pre[0], 1e-12) if math.isfinite(dot) else float("nan")
-        self._diagnostics = self._round_diagnostics(diagnostics, ctx.diagnostics, byz, mu, mu_norm, order)
+        active = level is not None
+        self._diagnostics = self._round_diagnostics(diagnostics, ctx.diagnostics, byz, mu, mu_norm, order, active)
         return aggregate, [loss, norm, dist, cos]
+
+    def _level(self, t: int) -> str | None:
+        """The attack's level in round t, None when the Byzantine clients behave honestly
+        (no Byzantine client, the no-attack baseline, or t ≥ ``attack.until``)."""
+        if not self.f or not self.attack.perturbs or (self.until is not None and t >= self.until):
+            return None
+        return self.attack.level
+
+    def _local(self, level: str | None,
+               on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+        """Steps 1–2 of a round: every client's gradient (or local-SGD pseudo-gradient) at θ
+        into ``self.grads``; the per-client losses on the round's (first) mini-batch.
+        ``on_batch(x, y)`` sees that first mini-batch before any gradient is computed."""
+        if self.trainer is None:
+            x, y = self._batch(level)
+            if on_batch is not None:
+                on_batch(x, y)
+            losses = self.gradients(x, y, self.grads)
+            if self._norm_stats:  # BatchNorm running averages: once per round, honest clients
+                update_norm_stats(self.model, self.xb[: self.h * self.batch], self.h)
+            return losses
+
+        def batches(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            x, y = self._batch(level)
+            if k == 0 and on_batch is not None:
+                on_batch(x, y)
+            return x, y
+
+        return self.trainer(self.theta, batches, self.grads)
+
+    def _momentum(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 3: worker momentum; the ``[n, d]`` message slots (honest rows [:h]) and the
+        Byzantine clients' own honest messages ``[f, d]``."""
+        if self.momenta is None:
+            return self.grads, self.grads[self.h:]
+        beta, damp, h, n = self.config.momentum, self.config.momentum_dampening, self.h, self.n
+        update_momentum(self.momenta[:h], self.grads[:h], beta, damp)
+        update_momentum(self.momenta[n:], self.grads[h:], beta, damp)
+        return self.momenta[:n], self.momenta[n:]
+
+    def _messages(self, honest: torch.Tensor, byz: torch.Tensor, slots: torch.Tensor,
+                  shuffle_gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``[n, d]`` messages the defense sees and the client id of each row: the
+        slots themselves for order-invariant rules, a fresh random order otherwise."""
+        h, f = self.h, self.f
+        if self.defense.order_invariant:
+            if f and byz.data_ptr() != slots[h:].data_ptr():
+                slots[h:] = _detached(byz, slots).expand(f, -1)
+            return slots, self._identity
+        # Rules that may depend on row order see the rows in a fresh random order.
+        order = torch.randperm(self.n, generator=shuffle_gen).to(self.device)
+        self.messages.index_copy_(0, order[:h], honest)
+        if f:
+            self.messages.index_copy_(0, order[h:], byz.to(self.messages.dtype).expand(f, -1))
+        return self.messages, order
 
     def _batch(self, level: str | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The next mini-batch of every client, ``[n·B, …]`` client-major; a data attack
@@ -328,17 +375,23 @@ class Simulation:
         return self.xb, self.yb
 
     def _round_diagnostics(self, attack: dict[str, Any], defense: dict[str, Any], byz: torch.Tensor,
-                           mu: torch.Tensor, mu_norm: torch.Tensor, order: torch.Tensor) -> dict[str, Any]:
-        """Scalar attack/defense diagnostics of the round, as 0-dim tensors or floats."""
+                           mu: torch.Tensor, mu_norm: torch.Tensor, order: torch.Tensor,
+                           active: bool) -> dict[str, Any]:
+        """Scalar attack/defense diagnostics of the round, as 0-dim tensors or floats.
+
+        None without Byzantine clients or for the no-attack baseline; after ``attack.until``
+        (``active`` False) the defense's only, the Byzantine clients being honest again.
+        """
         out: dict[str, Any] = {}
         if not self.f or not self.attack.perturbs:
             return out
-        b = byz.mean(dim=0)
-        out["attack.rel_norm"] = (b - mu).norm() / mu_norm.clamp_min(1e-12)
-        out["attack.cos"] = torch.dot(b, mu) / (b.norm() * mu_norm).clamp_min(1e-12)
-        for name, value in attack.items():
-            if _is_scalar(value):
-                out[f"attack.{name}"] = value
+        if active:
+            b = byz.mean(dim=0)
+            out["attack.rel_norm"] = (b - mu).norm() / mu_norm.clamp_min(1e-12)
+            out["attack.cos"] = torch.dot(b, mu) / (b.norm() * mu_norm).clamp_min(1e-12)
+            for name, value in attack.items():
+                if _is_scalar(value):
+                    out[f"attack.{name}"] = value
         for name, value in defense.items():
             if name == "kept" and isinstance(value, torch.Tensor) and value.numel() == self.n:
                 out["defense.byz_kept"] = value.to(self.device)[order[self.h:]].float().mean()
@@ -409,6 +462,31 @@ class Simulation:
         loss, acc = evaluate(self.model, self.x_test, self.y_test)
         history["test_loss"].append((rnd, loss))
         history["test_accuracy"].append((rnd, acc))
+
+
+def check_until(value: Any) -> int | None:
+    """``attack.until``: None (attack every round) or the first honest round T1 ≥ 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"must be an integer ≥ 0 (the first round without attack) or null, got {value!r}",
+                          "attack.until")
+    return value
+
+
+def _validated(config: ExperimentConfig) -> ExperimentConfig:
+    """``config.validate()`` with ``attack.until`` checked here and hidden from the attack's
+    constructor, which does not take it (the engine handles it for every attack)."""
+    params = config.attack.params
+    if "until" not in params:
+        return config.validate()
+    until = check_until(params["until"])
+    config.attack = ComponentSpec(config.attack.name, {k: v for k, v in params.items() if k != "until"})
+    try:
+        config.validate()
+    finally:
+        config.attack = ComponentSpec(config.attack.name, {**config.attack.params, "until": until})
+    return config
 
 
 def _has(history: dict[str, list[tuple[int, float]]], name: str, rnd: int) -> bool:
