@@ -150,6 +150,45 @@ def test_nlp_reaches_the_analytic_optimum_against_the_mean():
     assert low == pytest.approx(2 * SQRT2 + 1, abs=1e-4)
 
 
+def _median_corner_losses(problem: ToyProblem, samples: torch.Tensor, signs: tuple[int, ...]) -> list[float]:
+    """Reference loop: CM against five copies of a_t = ±B per coordinate (beyond every honest
+    gradient), i.e. R_t,j = θ_j − (mean of the two smallest x) for +B and − (two largest) for −B."""
+    x = np.sort(samples[:, : problem.h].numpy(), axis=1)
+    theta, losses = np.array(problem.start), []
+    for t, corner in enumerate(signs):
+        up = np.array([corner & 1, corner >> 1 & 1], dtype=bool)
+        r = theta - np.where(up, x[t, :2].mean(0), x[t, -2:].mean(0))
+        r = r * min(1.0, problem.clip / np.linalg.norm(r))
+        theta = theta - problem.lr * r
+        losses.append(float(np.linalg.norm(theta - np.array(problem.mean))))
+    return losses
+
+
+def test_powell_beats_every_saturating_control_against_the_median():
+    dyn = _dynamics("median", steps=3)
+    p, bound = dyn.problem, SolverSettings().bound
+    best_corner = -1.0
+    for signs in np.ndindex(4, 4, 4):
+        controls = torch.tensor([[bound if c >> k & 1 else -bound for k in (0, 1)] for c in signs],
+                                dtype=torch.float64)
+        reference = _median_corner_losses(p, dyn.samples, signs)
+        assert np.allclose(dyn.fixed(controls).losses[1:].numpy(), reference, atol=1e-12)
+        best_corner = max(best_corner, reference[-1])
+    settings = SolverSettings(restarts=0)
+    _, value, _ = solve_nlp(dyn, "nlp0", "Powell", nlp_starts(dyn, settings, 0), settings)
+    assert value >= best_corner - 1e-9
+
+
+def test_solver_choice_per_aggregator():
+    assert [SolverSettings().method_for(r) for r in ("median", "trmean", "krum", "cc", "rfa")] == [
+        "Powell", "Powell", "Powell", "SLSQP", "L-BFGS-B"]
+    chosen = SolverSettings(method={"cm": "Nelder-Mead"})
+    assert chosen.method_for("median") == "Nelder-Mead" and chosen.method_for("cc") == "SLSQP"
+    assert SolverSettings(method="COBYLA").method_for("rfa") == "COBYLA"
+    with pytest.raises(ConfigError, match="method"):
+        SolverSettings(method={"median": "BFGS"})
+
+
 def test_more_starts_never_lower_the_objective():
     dyn = _dynamics("trmean", steps=3)
     settings = SolverSettings(restarts=2, maxiter=2)
@@ -252,6 +291,8 @@ def test_cli_writes_csv_and_figures(tmp_path, capsys):
     (["--objectives", "nlp2"], "--objectives"),
     (["--bound", "wide"], "--bound"),
     (["--method", "BFGS"], "--method"),
+    (["--method", "nosuchrule=Powell"], "--method"),
+    (["--method", "krum="], "--method"),
 ])
 def test_cli_errors_name_the_option(tmp_path, capsys, args, key):
     assert main(["mean-estimation", "--out", str(tmp_path / "x"), "--steps", "1", "--quiet", *args]) == 2

@@ -51,8 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"box bound |a_t,j| ≤ B of the NLP controls, or 'none' (default {solver.bound})")
     p.add_argument("--maxiter", type=int, default=solver.maxiter, help="SciPy maxiter per solve (default: SciPy's)")
     p.add_argument("--method", default=None,
-                   help="one SciPy method for every aggregator (default: Powell for CM/TM/Krum, SLSQP for CC, "
-                        "L-BFGS-B for RFA)")
+                   help="SciPy method of every aggregator (e.g. Nelder-Mead), or per aggregator "
+                        "(e.g. krum=Nelder-Mead,rfa=Powell); default: Powell for CM/TM/Krum, SLSQP for CC, "
+                        "L-BFGS-B for RFA")
     p.add_argument("--infeasible", choices=("clamp", "raise"), default="clamp",
                    help="feasibility policy of every aggregator (default clamp: Krum runs with f = 4)")
     p.add_argument("--noise-std", type=float, default=toy.noise_std,
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                                           clip=_optional_float(args.clip, "--clip"), noise_std=args.noise_std))
     solver = _checked(lambda: SolverSettings(restarts=args.restarts, start_std=args.start_std,
                                              bound=_optional_float(args.bound, "--bound"), maxiter=args.maxiter,
-                                             method=args.method))
+                                             method=parse_method(args.method)))
     attacks = with_params(split_specs(args.attacks, "--attacks"), args.attack_param)
     objectives = [] if args.objectives.strip().lower() == "none" else split_specs(args.objectives, "--objectives")
     if args.out.exists() and not args.out.is_dir():
@@ -119,6 +120,16 @@ def with_params(specs: list[str], assignments: list[str]) -> list[str]:
         for i in hits:
             parsed[i] = ComponentSpec(parsed[i].name, {**parsed[i].params, param.strip(): parse_value(value)})
     return [str(c) for c in parsed]
+
+
+def parse_method(text: str | None) -> str | dict[str, str] | None:
+    """``--method``: one method name, or ``RULE=METHOD`` pairs separated by commas."""
+    if text is None or "=" not in text:
+        return text
+    pairs = [item.partition("=") for item in split_specs(text, "--method")]
+    if any(not rule.strip() or not method.strip() for rule, _, method in pairs):
+        raise ConfigError(f"expected METHOD or RULE=METHOD,..., got {text!r}", "--method")
+    return {rule.strip(): method.strip() for rule, _, method in pairs}
 
 
 def _optional_float(text: str, key: str) -> float | None:

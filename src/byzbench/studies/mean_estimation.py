@@ -38,14 +38,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from byzbench.attacks import ATTACKS, Attack, AttackerView
 from byzbench.checks import check_choice, check_int, check_real
-from byzbench.defenses import AggregationContext, Defense
+from byzbench.defenses import AGGREGATORS, AggregationContext, Defense
 from byzbench.errors import ConfigError, ParamError
 from byzbench.models.layout import ParamLayout, ParamSlot
 from byzbench.ops.clip import clip_rows
@@ -198,15 +198,16 @@ class SolverSettings:
     Starts: the controls of the policies a_t = μ_t (honest mean) and a_t = −μ_t played
     under the aggregator, then ``restarts`` random starts a_t ~ N(0, ``start_std``² I)
     from the study's seed. ``bound`` limits every coordinate of a_t to [−bound, bound]
-    (None: unbounded). ``method`` replaces the seed's solver of every aggregator;
-    ``maxiter`` is passed to SciPy (None: its default).
+    (None: unbounded). ``method`` is one SciPy method for every aggregator, or a mapping
+    from aggregator names to methods; unnamed aggregators keep the seed's solver
+    (`byzbench.optimal.default_solver`). ``maxiter`` is passed to SciPy (None: its default).
     """
 
     restarts: int = 3
     start_std: float = 3.0
     bound: float | None = 20.0
     maxiter: int | None = None
-    method: str | None = None
+    method: str | Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         check_int(self.restarts, "restarts", low=0)
@@ -215,8 +216,28 @@ class SolverSettings:
             check_real(self.bound, "bound", low=0.0, low_open=True)
         if self.maxiter is not None:
             check_int(self.maxiter, "maxiter", low=1)
-        if self.method is not None:
+        if isinstance(self.method, Mapping):
+            unknown = [k for k in self.method if k not in AGGREGATORS.names() and not _is_alias(k)]
+            if unknown:
+                raise ParamError("method", f"method names unknown aggregator(s) {', '.join(map(repr, unknown))}")
+            methods = {AGGREGATORS.canonical(k): check_choice(v, "method", SOLVERS) for k, v in self.method.items()}
+            object.__setattr__(self, "method", methods)
+        elif self.method is not None:
             check_choice(self.method, "method", SOLVERS)
+
+    def method_for(self, rule: str) -> str:
+        """The SciPy method for aggregator ``rule`` (a canonical registry name)."""
+        if isinstance(self.method, Mapping):
+            return self.method.get(rule) or default_solver(rule)
+        return self.method or default_solver(rule)
+
+
+def _is_alias(name: Any) -> bool:
+    try:
+        AGGREGATORS.canonical(name)
+    except ConfigError:
+        return False
+    return True
 
 
 @dataclass
@@ -386,7 +407,7 @@ def run_study(
             rollout = dynamics.rollout(attack_policy(attack, problem, defense, seeds["attack"]))
             _add(result, StudyRun(label, name, kind, rollout, seconds=time.perf_counter() - tic), progress)
         if objectives:
-            method = solver.method or default_solver(defense.aggregator.name)
+            method = solver.method_for(defense.aggregator.name)
             starts = nlp_starts(dynamics, solver, seeds["starts"])
             for kind in objectives:
                 tic = time.perf_counter()
@@ -401,8 +422,9 @@ def run_study(
 def _add(result: StudyResult, run: StudyRun, progress: Callable[[str], None] | None) -> None:
     result.runs.append(run)
     if progress is not None:
+        evals = f"{run.evaluations} evaluations, " if run.kind == "nlp" else ""
         progress(f"{run.aggregator:>8s}  {run.attack:<10s} final {run.final_loss:8.4f}  "
-                 f"mean {run.mean_loss:8.4f}  ({run.seconds:.1f} s)")
+                 f"mean {run.mean_loss:8.4f}  ({evals}{run.seconds:.1f} s)")
 
 
 CSV_COLUMNS = ("aggregator", "attack", "kind", "objective", "solver", "step", "theta_x", "theta_y", "loss")
