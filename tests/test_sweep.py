@@ -378,6 +378,19 @@ def test_store_sweep_tables_and_metric_summaries(tmp_path: Path) -> None:
         assert store.statuses() == {"r1": "finished"} and store.statuses(["r9", "r1"]) == {"r1": "finished"}
 
 
+def test_older_store_gains_the_sweep_table_and_keeps_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with ResultsStore(db) as store:
+        store.start_run("r", {"lr": 0.1}, "v")
+    with sqlite3.connect(db) as conn:  # a file written before sweep_runs existed
+        conn.execute("DROP TABLE sweep_runs")
+    before = _rows(db)
+    with ResultsStore(db) as store:
+        assert _rows(db) == before and store.sweep_names() == []
+        store.add_sweep_runs("s", ["r"])
+        assert store.sweep_run_ids("s") == ["r"]
+
+
 # ---------------------------------------------------------------------- export
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:

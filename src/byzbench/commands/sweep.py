@@ -62,7 +62,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if args.dry_run:
             return _dry_run(sweep, Path(args.db), args.skip_failed)
         with ResultsStore(Path(args.db)) as store:
-            display = _display(args.progress)
+            display = progress_display(args.progress)
             try:
                 summary = run_sweep(sweep, store, executor, skip_failed=args.skip_failed, progress=display,
                                     on_failure=lambda rid, err: _say(display, f"run {rid} failed: {err}"))
@@ -177,11 +177,15 @@ class ProgressDisplay:
             self.stream.flush()
 
 
-def _display(mode: str) -> ProgressDisplay | None:
+def progress_display(mode: str) -> ProgressDisplay | None:
+    """The display ``--progress auto|always|never`` asks for on stderr (None: no display)."""
     tty = sys.stderr.isatty()
     if mode == "never" or (mode == "auto" and not tty):
         return None
     return ProgressDisplay(sys.stderr, tty, TTY_INTERVAL_S if tty else LOG_INTERVAL_S)
+
+
+_display = progress_display  # the name `byzbench stress` imports
 
 
 def _say(display: ProgressDisplay | None, message: str) -> None:

@@ -95,11 +95,16 @@ class Sweep:
     grid: Grid = field(default_factory=dict)
     zips: list[Grid] = field(default_factory=list)
     conditionals: list[Conditional] = field(default_factory=list)
-    seeds: list[int] | None = None
+    seeds: list[int] | int | None = None
 
     def __post_init__(self) -> None:
+        """Normalise (a base mapping or path, a seed count, zip as one mapping) and check."""
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError(f"must be a non-empty string, got {self.name!r}", "name")
+        self.base = _parse_base(self.base, Path.cwd())
+        self.grid = _parse_grid(self.grid, "grid")
+        self.zips = _parse_zips(self.zips, "zip")
+        self.seeds = None if self.seeds is None else _parse_seeds(self.seeds)
         taken: dict[str, str] = {}
         _check_axes(self.grid, self.zips, "", taken)
         claimed = dict(taken)
