@@ -165,7 +165,10 @@ def verdict(table: dict[tuple[str, str], dict[str, list[float]]]) -> str:
 
 def write_doc(path: str, generated: str) -> None:
     """Replace the generated block of ``path`` (between the markers), keeping the prose."""
-    text = open(path).read() if os.path.exists(path) else f"# Hybrid sparse attack\n\n{BEGIN}\n{END}\n"
+    text = f"# Hybrid sparse attack\n\n{BEGIN}\n{END}\n"
+    if os.path.exists(path):
+        with open(path) as fh:
+            text = fh.read()
     if BEGIN not in text:
         text += f"\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+
 import torch
 
 from byzbench.attacks.alie import ZMAX_MODES, alie_zmax, mean_std
@@ -32,14 +33,17 @@ class HybridSparse(Attack):
     mask c ∈ {0,1}^d is drawn once per run in `bind` (``policy`` over the model's
     `ParamLayout`, δ = ``density`` the attacked fraction; `byzbench.pruning`) and reused
     every round: ``random``, ``random_plus``, ``layerwise``, ``layerwise_plus``,
-    ``erk_plus`` or ``force_plus`` (FORCE saliency at θ₀, ``force_iters`` T = 100,
+    ``erk_plus`` (Evci et al., ICML 2020) or ``force_plus`` (FORCE, de Jorge et al.,
+    ICLR 2021: saliency at θ₀, ``force_iters`` T = 100,
     ``force_batches`` 3 of ``force_batch_size`` 32 per client, on the honest clients' data
-    when ``omniscient_pruning`` (default) else the Byzantine clients', last-FC cap
+    when ``omniscient_pruning`` (default) else the Byzantine clients' (also when the
+    environment states ``own`` knowledge, `prunes_with_honest_data`), last-FC cap
     ``fc_max`` = δ_FC^max, none by default). Default ``force_plus`` with δ = 5e−3, the
     paper's best family (its best row adds ``fc_max=0.25``).
 
     c = 1 coordinates are attacked aggressively with ``z2`` = 1.5, c = 0 ones stealthily
-    with z1: ``z1_mode="fixed"`` uses ``z1`` (None: ALIE's z_max, `alie_zmax` with
+    with z1: ``z1_mode="fixed"`` uses ``z1`` (None: the z_max of ALIE, Baruch et al.,
+    NeurIPS 2019, `alie_zmax` with
     ``zmax_mode``); ``"minsum"`` re-solves z1 every round by the Min-Sum γ search of
     Shejwalkar & Houmansadr (NDSS 2021) on the candidate μ − γ·σ⊙(1−c) − z2·σ⊙c
     (``gamma_init`` 10, ``tol`` 1e−5, threshold ``minsum_threshold`` "min"; ``z1`` must
@@ -94,15 +98,23 @@ class HybridSparse(Attack):
         """bool[d]: the ``policy`` mask for ``env``'s model (FORCE reads its data and θ₀)."""
         if self.policy != "force_plus":
             return MASK_POLICIES[self.policy](env.model, env.layout, self.density, env.generator)
-        clients = pruning_clients(env.n, env.f, self.omniscient_pruning)
+        clients = pruning_clients(env.n, env.f, self.prunes_with_honest_data(env))
         draw = PooledBatches([env.client_indices[i] for i in clients], self.force_batch_size, env.generator)
         devices = [env.theta0.device] if env.theta0.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # dropout draws leave the run's stream untouched
             return force_mask(env.model, env.layout, env.theta0, env.loss_and_grad, env.x_train, env.y_train,
                               draw, self.density, self.force_iters, self.force_batches, self.fc_max)
 
+    def prunes_with_honest_data(self, env: AttackEnv) -> bool:
+        """``omniscient_pruning``, unless the environment states the knowledge level
+        (``env.knowledge`` or ``env.extra["knowledge"]``) and it is ``own``: then the
+        Byzantine clients' data, the only data that level may read."""
+        knowledge = getattr(env, "knowledge", None) or env.extra.get("knowledge")
+        return self.omniscient_pruning and knowledge != "own"
+
     def use_mask(self, mask: torch.Tensor) -> None:
-        """Attack with an explicit mask c (bool or 0/1 of size d) instead of the policy's."""
+        """Attack with an explicit mask c (bool or 0/1 of size d) instead of the policy's
+        (until the next `bind`, which draws the policy's mask)."""
         mask = torch.as_tensor(mask)
         if mask.dim() != 1 or not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError(f"the mask must be a 1-D tensor of 0/1 entries, got shape {tuple(mask.shape)}")
