@@ -353,9 +353,8 @@ def test_second_driver_on_the_same_store_is_refused(tmp_path: Path) -> None:
     from byzbench.experiments.sweeping import driver_lock
 
     db = tmp_path / "r.db"
-    with driver_lock(db):
-        with ResultsStore(db) as store, pytest.raises(ConfigError, match="another byzbench sweep"):
-            run_sweep(_sweep(), store, Recording())
+    with driver_lock(db), ResultsStore(db) as store, pytest.raises(ConfigError, match="another byzbench sweep"):
+        run_sweep(_sweep(), store, Recording())
     with ResultsStore(db) as store:
         assert run_sweep(_sweep(), store, Recording()).finished == 1
 

@@ -11,11 +11,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from byzbench.errors import ConfigError  # noqa: E402
-from byzbench.experiments.executors import LocalExecutor, RayExecutor  # noqa: E402
-from byzbench.experiments.store import ResultsStore  # noqa: E402
-from byzbench.experiments.sweep import Sweep  # noqa: E402
-from byzbench.experiments.sweeping import run_sweep  # noqa: E402
+from byzbench.errors import ConfigError
+from byzbench.experiments.executors import LocalExecutor, RayExecutor
+from byzbench.experiments.store import ResultsStore
+from byzbench.experiments.sweep import Sweep
+from byzbench.experiments.sweeping import run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -69,10 +69,10 @@ def test_ray_failed_run_is_recorded(local_ray, tmp_path: Path) -> None:
 
 def test_ray_resources_are_checked(local_ray) -> None:
     with pytest.raises(ConfigError) as info:
-        RayExecutor(gpus_per_run=1).concurrency
+        _ = RayExecutor(gpus_per_run=1).concurrency
     assert info.value.key == "gpus_per_run"
     with pytest.raises(ConfigError) as info:
-        RayExecutor(cpus_per_run=4).concurrency
+        _ = RayExecutor(cpus_per_run=4).concurrency
     assert info.value.key == "cpus_per_run"
     with pytest.raises(ConfigError):
         RayExecutor(cpus_per_run=0)

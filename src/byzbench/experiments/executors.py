@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import ctypes.util
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -87,7 +88,7 @@ def execute(task: Task, threads: int) -> Outcome:
         if result.run_id != task.run_id:
             raise RuntimeError(f"the config of run {task.run_id} validates to run id {result.run_id}")
         return Outcome(task.run_id, result, wall_time_s=time.perf_counter() - start)
-    except Exception as exc:  # the sweep records it and goes on
+    except Exception as exc:  # noqa: BLE001 - any error of a run is recorded and the sweep goes on
         return Outcome(task.run_id, None, error=f"{type(exc).__name__}: {exc}",
                        traceback=traceback.format_exc()[-TRACEBACK_CHARS:],
                        wall_time_s=time.perf_counter() - start)
@@ -147,7 +148,7 @@ class Executor(ABC):
     def close(self) -> None:
         """Release workers (idempotent)."""
 
-    def __enter__(self) -> "Executor":
+    def __enter__(self) -> Executor:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -460,10 +461,10 @@ def import_ray() -> Any:
 
 
 def _positive(value: Any, key: str, allow_zero: bool) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and (value >= 0 if allow_zero else value > 0)
-    if not ok or value != value or value == float("inf"):
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not ok or not (value >= 0 if allow_zero else value > 0):
         raise ConfigError(f"must be a finite number {'≥' if allow_zero else '>'} 0, got {value!r}", key)
 
 
-__all__ = ["Executor", "LocalExecutor", "Outcome", "RayExecutor", "SerialExecutor", "Task", "WORKER_DIED",
+__all__ = ["WORKER_DIED", "Executor", "LocalExecutor", "Outcome", "RayExecutor", "SerialExecutor", "Task",
            "available_cores", "execute", "plan_workers"]

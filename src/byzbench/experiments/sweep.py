@@ -42,9 +42,10 @@ import copy
 import hashlib
 import itertools
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -121,7 +122,7 @@ class Sweep:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], root: str | Path | None = None,
-                  default_name: str | None = None) -> "Sweep":
+                  default_name: str | None = None) -> Sweep:
         """Parse a sweep mapping; a ``base`` path is relative to ``root`` (default: cwd)."""
         if not isinstance(raw, Mapping):
             raise ConfigError(f"a sweep must be a mapping of keys, got {type(raw).__name__}")
@@ -139,7 +140,7 @@ class Sweep:
         return cls(name=name, base=base, grid=grid, zips=zips, conditionals=conditionals, seeds=seeds)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "Sweep":
+    def from_file(cls, path: str | Path) -> Sweep:
         """Load a YAML, TOML or JSON sweep file; its name defaults to the file's stem."""
         path = Path(path)
         if not path.is_file():
@@ -365,7 +366,7 @@ def _build(base: dict[str, Any], point: list[Entry], strict: bool) -> Experiment
     try:
         return _resolve(base, point, strict)
     except ConfigError as exc:
-        key, value, loc = _culprit(point, exc.key)
+        _, value, loc = _culprit(point, exc.key)
         run = " ".join(f"{k}={format_value(v)}" for k, v, _ in point) or "the base config alone"
         what = f"value {format_value(value)} is invalid" if loc != "base" else "the base config is invalid"
         raise ConfigError(f"{what} (run: {run}): {exc}", loc) from exc
