@@ -341,6 +341,21 @@ def test_progress_display_refreshes_on_a_terminal_and_logs_lines_otherwise() -> 
     assert [format_duration(s) for s in (0.4, 59.6, 61, 3600)] == ["0s", "1m00s", "1m01s", "1h00m00s"]
 
 
+@pytest.mark.slow
+def test_forkserver_workers_match_the_in_process_runs(tmp_path: Path) -> None:
+    from byzbench.experiments.executors import LocalExecutor
+
+    sweep = _sweep(grid={"attack": ["alie", "ipm"]})
+    with ResultsStore(tmp_path / "a.db") as a, ResultsStore(tmp_path / "b.db") as b:
+        with LocalExecutor(1, 1, start_method="forkserver") as executor:
+            assert run_sweep(sweep, a, executor).finished == 2
+        run_sweep(sweep, b, SerialExecutor(threads=1))
+        for run in sweep.runs():
+            assert a.round_metrics(run.run_id) == b.round_metrics(run.run_id)
+    with pytest.raises(ConfigError, match="start_method: must be one of spawn, forkserver"):
+        LocalExecutor(1, 1, start_method="fork")
+
+
 def test_invalid_sweep_writes_nothing(tmp_path: Path) -> None:
     db = tmp_path / "r.db"
     with ResultsStore(db) as store:

@@ -193,10 +193,15 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, threads: int, parent: int) -> None:
-    """A worker's loop: receive a task, send its outcome, until None or the pipe closes."""
+def _worker_main(conn: multiprocessing.connection.Connection, threads: int, parent: int | None) -> None:
+    """A worker's loop: receive a task, send its outcome, until None or the pipe closes.
+
+    ``parent`` is the driver's pid for ``spawn``; None for ``forkserver``, whose workers
+    are children of the fork server (which exits with the driver).
+    """
+    expected = os.getppid() if parent is None else parent
     _die_with_parent()
-    if os.getppid() != parent:  # the driver died before the request took effect
+    if os.getppid() != expected:  # the parent died before the request took effect
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     while True:
@@ -217,7 +222,8 @@ class _Worker:
 
     def __init__(self, ctx: Any, threads: int) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child, threads, os.getpid()), daemon=True)
+        parent = os.getpid() if ctx.get_start_method() == "spawn" else None
+        self.process = ctx.Process(target=_worker_main, args=(child, threads, parent), daemon=True)
         self.process.start()
         child.close()
         self.task: Task | None = None
