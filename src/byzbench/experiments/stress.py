@@ -10,8 +10,9 @@ For every defense D and heterogeneity level (Dirichlet β, or IID) of the settin
 1. **Calibration (proxy).** Each parametrised attack (a family of
    `byzbench.experiments.calibrate`: ALIE z, IPM ε, STRIKE ν, Min-Max/Min-Sum perturbation
    type, …) runs every value of its grid for ``proxy_rounds`` rounds on the first seed;
-   the value with the lowest accuracy (``metric``; a diverged run counts at chance, ties
-   go to the smaller strength) is the calibrated strength for (D, β). Attacks without a
+   the value with the lowest accuracy (``metric``; a diverged run counts at chance; ties
+   go to the lower final accuracy, then the smaller strength) is the calibrated strength
+   for (D, β). Attacks without a
    family run with their defaults.
 2. **Gauntlet (full runs).** Every attack (calibrated strength) and the no-attack
    baseline run for ``rounds`` rounds on every seed. These full runs confirm the
@@ -190,27 +191,38 @@ class Calibrated:
 
 
 def choose_strengths(store: ResultsStore, proxy: Sweep, settings: StressSettings) -> list[Calibrated]:
-    """The argmin of the proxy accuracy per (defense, level, attack); ties → smaller strength
-    (the earlier grid value). A failed proxy run is not ranked; if every value of a family
-    failed, its first grid value is used."""
+    """The argmin of the proxy accuracy per (defense, level, attack).
+
+    Ties (frequent with ``max_accuracy`` on short horizons, where every strong attack
+    leaves the maximum at the initial accuracy) go to the lower final accuracy, then to
+    the smaller strength (the earlier grid value). A failed proxy run is not ranked; if
+    every value of a family failed, its first grid value is used.
+    """
     runs = proxy.runs()
     metas = [m for m, _ in proxy_points(settings)]
     if len(runs) != len(metas):
         raise RuntimeError(f"proxy sweep expanded to {len(runs)} runs for {len(metas)} points")
-    scores: dict[tuple[str, float | None, str], list[tuple[Any, float]]] = defaultdict(list)
+    scores: dict[tuple[str, float | None, str], list[tuple[Any, float, float]]] = defaultdict(list)
     for (defense, beta, attack, value), run in zip(metas, runs):
         try:
-            acc = run_accuracy(stored_result(store, run.run_id), settings.metric, _chance(run.config))
+            result, chance = stored_result(store, run.run_id), _chance(run.config)
+            acc = run_accuracy(result, settings.metric, chance)
+            final = run_accuracy(result, "final_accuracy", chance)
         except (KeyError, RuntimeError):
-            acc = math.nan
-        scores[(defense, beta, attack)].append((value, acc))
+            acc = final = math.nan
+        scores[(defense, beta, attack)].append((value, acc, final))
     out = []
-    for (defense, beta, attack), pairs in scores.items():
-        ranked = [i for i, (_, acc) in enumerate(pairs) if not math.isnan(acc)] or [0]
-        best = min(ranked, key=lambda i: (pairs[i][1] if not math.isnan(pairs[i][1]) else math.inf, i))
+    for (defense, beta, attack), triples in scores.items():
+        ranked = [i for i, t in enumerate(triples) if not math.isnan(t[1])] or [0]
+        best = min(ranked, key=lambda i: (_or_inf(triples[i][1]), _or_inf(triples[i][2]), i))
         family = settings.family(attack)
-        out.append(Calibrated(defense, beta, attack, family.param if family else "", pairs[best][0], tuple(pairs)))
+        out.append(Calibrated(defense, beta, attack, family.param if family else "", triples[best][0],
+                              tuple((v, a) for v, a, _ in triples)))
     return out
+
+
+def _or_inf(x: float) -> float:
+    return math.inf if math.isnan(x) else x
 
 
 def gauntlet_sweep(base: ExperimentConfig, settings: StressSettings, strengths: Sequence[Calibrated]) -> Sweep:
@@ -221,8 +233,9 @@ def gauntlet_sweep(base: ExperimentConfig, settings: StressSettings, strengths: 
         for b in settings.betas:
             points.append((d, partition_spec(b), BASELINE))
             for a in settings.attacks:
-                fam = settings.family(a)
-                points.append((d, partition_spec(b), _attack_spec(a, fam, chosen.get((d, b, a)))))
+                key = (d, b, a)
+                fam = settings.family(a) if key in chosen else None  # not calibrated: defaults
+                points.append((d, partition_spec(b), _attack_spec(a, fam, chosen.get(key))))
     full = base.copy()
     full.rounds, full.eval_every = settings.rounds, min(settings.eval_every, settings.rounds)
     return _zip_sweep(f"{settings.name}-gauntlet", full, points, settings.seeds)
@@ -276,21 +289,25 @@ class WorstCaseTable:
     def caption(self) -> str:
         what = "maximum" if self.metric == "max_accuracy" else "final"
         return (f"Worst-case {what} test accuracy (%) of each defense: the lowest mean over {self.seeds} "
-                "seed(s) among the calibrated attacks, and the attack reaching it; `clean` is the "
-                "no-attack accuracy at the same level. Defenses ranked by their overall worst case.")
+                "seed(s) among the calibrated attacks (strengths in the calibration table), and the attack "
+                "reaching it; `clean` is the no-attack accuracy per level. Defenses ranked by their "
+                "overall worst case.")
+
+    def header(self) -> list[str]:
+        return ["defense", *self.levels, "worst overall", "clean (" + " / ".join(self.levels) + ")"]
+
+    def _clean(self, defense: str) -> str:
+        cells = [self.cells.get((defense, lv)) for lv in self.levels]
+        return " / ".join("—" if c is None or c.clean is None else f"{100 * c.clean:.1f}" for c in cells)
 
     def to_markdown(self) -> str:
-        head = ["defense", *self.levels, "worst overall", *(f"clean {lv}" for lv in self.levels)]
+        head = self.header()
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for d in self.ranked():
             cells = [self._text(self.cells.get((d, lv))) for lv in self.levels]
-            clean = [self._clean(self.cells.get((d, lv))) for lv in self.levels]
-            lines.append("| " + " | ".join([f"`{d}`", *cells, f"**{self._text(self.overall(d))}**", *clean]) + " |")
+            lines.append("| " + " | ".join([f"`{d}`", *cells, f"**{self._text(self.overall(d))}**",
+                                            self._clean(d)]) + " |")
         return "\n".join(lines) + "\n\n" + self.caption() + "\n"
-
-    @staticmethod
-    def _clean(cell: WorstCell | None) -> str:
-        return "—" if cell is None or cell.clean is None else f"{100 * cell.clean:.2f}"
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -306,15 +323,14 @@ class WorstCaseTable:
 
     def to_html(self) -> str:
         esc = html.escape
-        head = ["defense", *self.levels, "worst overall", *(f"clean {lv}" for lv in self.levels)]
+        head = self.header()
         rows = ['<table class="pivot">', "<caption>Worst case per defense and heterogeneity level</caption>",
                 "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead>", "<tbody>"]
         for d in self.ranked():
             cells = [esc(self._text(self.cells.get((d, lv)))) for lv in self.levels]
-            clean = [esc(self._clean(self.cells.get((d, lv)))) for lv in self.levels]
             rows.append("<tr>" + f'<th scope="row">{esc(d)}</th>' + "".join(f"<td>{c}</td>" for c in cells)
                         + f'<td class="worst"><strong>{esc(self._text(self.overall(d)))}</strong></td>'
-                        + "".join(f'<td class="summary">{c}</td>' for c in clean) + "</tr>")
+                        + f'<td class="summary">{esc(self._clean(d))}</td></tr>')
         rows += ["</tbody>", "</table>", f'<p class="note">{esc(self.caption())}</p>']
         return "\n".join(rows)
 
@@ -327,7 +343,7 @@ def worst_case_table(frame: Any, metric: str, defenses: Sequence[str], levels: S
         level = level_label(None if row.get("partition.name") == "iid" else row.get("partition.beta"))
         value = row.get(metric)
         if value is not None and math.isfinite(value):
-            groups[(row["defense"], level, row["attack"])].append(value)
+            groups[(row["defense"], level, row["attack.name"])].append(value)
     labels = [level_label(b) for b in levels]
     cells: dict[tuple[str, str], WorstCell] = {}
     for d in defenses:

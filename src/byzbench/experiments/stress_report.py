@@ -19,43 +19,58 @@ HEATMAP_PARAMS = {"alie": "attack.z", "ipm": "attack.epsilon", "strike": "attack
 
 @dataclass
 class CalibrationTable:
-    """The calibrated strength of each parametrised attack per (defense, level)."""
+    """The calibrated strength of each parametrised attack per (defense, level): printed as
+    (defense, level) × attack; the CSV has one line per proxy run with its accuracy."""
 
-    rows: list[tuple[str, str, str, str, str]]  # defense, level, attack, chosen value, proxy scores
-
-    HEAD = ("defense", "level", "attack", "calibrated", "proxy accuracy (%) per value")
+    attacks: list[str]
+    rows: list[tuple[str, str, dict[str, str]]]  # defense, level, attack → "param=value"
+    scores: list[tuple[str, str, str, str, Any, float]]  # defense, level, attack, param, value, accuracy
 
     def caption(self) -> str:
-        return ("Calibrated attack strengths: the value with the lowest proxy accuracy "
-                "(short-horizon runs, first seed) per defense and heterogeneity level.")
+        return ("Calibrated attack strengths: per defense and heterogeneity level, the value with the "
+                "lowest proxy accuracy (short-horizon runs, first seed); every proxy score is in "
+                "calibration.csv.")
+
+    def _grid(self) -> tuple[list[str], list[list[str]]]:
+        head = ["defense", "level", *self.attacks]
+        return head, [[d, lv, *(chosen.get(a, "—") for a in self.attacks)] for d, lv, chosen in self.rows]
 
     def to_markdown(self) -> str:
-        lines = ["| " + " | ".join(self.HEAD) + " |", "|" + "---|" * len(self.HEAD)]
-        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        head, body = self._grid()
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
         return "\n".join(lines) + "\n\n" + self.caption() + "\n"
 
     def to_csv(self) -> str:
         buf = io.StringIO()
-        csv.writer(buf).writerows([self.HEAD, *self.rows])
+        writer = csv.writer(buf)
+        writer.writerow(["defense", "level", "attack", "param", "value", "proxy_accuracy", "chosen"])
+        chosen = {(d, lv): c for d, lv, c in self.rows}
+        for d, lv, a, param, value, acc in self.scores:
+            pick = chosen.get((d, lv), {}).get(a) == f"{param}={value}"
+            writer.writerow([d, lv, a, param, value, "" if acc != acc else f"{acc:.6f}", "*" if pick else ""])
         return buf.getvalue()
 
     def to_html(self) -> str:
         esc = html.escape
+        head, body = self._grid()
         out = ['<table class="pivot">', "<caption>Calibrated attack strengths</caption>",
-               "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in self.HEAD) + "</tr></thead>", "<tbody>"]
-        out += ["<tr>" + "".join(f'<td style="text-align:left">{esc(c)}</td>' for c in r) + "</tr>"
-                for r in self.rows]
+               "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead>", "<tbody>"]
+        out += ["<tr>" + "".join(f'<td style="text-align:left">{esc(c)}</td>' for c in r) + "</tr>" for r in body]
         return "\n".join([*out, "</tbody>", "</table>", f'<p class="note">{esc(self.caption())}</p>'])
 
 
 def calibration_table(calibrated: Sequence[Any]) -> CalibrationTable:
     from byzbench.experiments.stress import level_label
 
-    rows = []
+    attacks = list(dict.fromkeys(c.attack for c in calibrated))
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    scores = []
     for c in calibrated:
-        scores = ", ".join(f"{v}: {100 * a:.1f}" if a == a else f"{v}: failed" for v, a in c.scores)
-        rows.append((c.defense, level_label(c.beta), c.attack, f"{c.param}={c.value}", scores))
-    return CalibrationTable(rows)
+        level = level_label(c.beta)
+        rows.setdefault((c.defense, level), {})[c.attack] = f"{c.param}={c.value}"
+        scores += [(c.defense, level, c.attack, c.param, v, a) for v, a in c.scores]
+    return CalibrationTable(attacks, [(d, lv, chosen) for (d, lv), chosen in rows.items()], scores)
 
 
 def _frame(store: ResultsStore, sweep: Sweep):
