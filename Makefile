@@ -1,12 +1,13 @@
 # byzbench — two commands do all the set-up on a fresh machine:
-#   make demo   runs the embedded default experiment (creates .venv when missing)
+#   make demo   runs the main job, `byzbench stress`, on the embedded default (creates .venv when missing)
 #   make test   runs the test suite (creates .venv when missing)
+# Also: make quick (stress --quick, about 2 min), make run (one experiment, a few seconds).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench venv clean
+.PHONY: demo quick run test test-fast bench venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/byzbench stress
+
+quick: $(STAMP)
+	$(BIN)/byzbench stress --quick --out stress-quick
+
+run: $(STAMP)
 	$(BIN)/byzbench run
 
 test: $(STAMP)
