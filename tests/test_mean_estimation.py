@@ -282,6 +282,21 @@ def test_cli_writes_csv_and_figures(tmp_path, capsys):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_cli_defaults_are_the_study_defaults():
+    from byzbench.commands.mean_estimation import DEFAULTS
+    from byzbench.optimal import OBJECTIVES
+    from byzbench.studies.mean_estimation import DEFAULT_AGGREGATORS, DEFAULT_ATTACKS
+
+    toy, solver = ToyProblem(), SolverSettings()
+    assert DEFAULTS["aggregators"].split(",") == list(DEFAULT_AGGREGATORS)
+    assert DEFAULTS["attacks"].split(",") == list(DEFAULT_ATTACKS)
+    assert DEFAULTS["objectives"].split(",") == list(OBJECTIVES)
+    for key in ("n", "f", "steps", "lr", "clip", "noise_std"):
+        assert DEFAULTS[key] == getattr(toy, key), key
+    for key in ("restarts", "start_std", "bound", "maxiter"):
+        assert DEFAULTS[key] == getattr(solver, key), key
+
+
 @pytest.mark.parametrize("args, key", [
     (["--attack-param", "minmax.gamma_init=3", "--attacks", "alie"], "--attack-param"),
     (["--attack-param", "alie=3"], "--attack-param"),

@@ -19,12 +19,19 @@ from typing import Any
 from byzbench.errors import ConfigError, ParamError
 from byzbench.spec import ComponentSpec, parse_component, parse_value
 
+#: The study's defaults, written out so that registering the command imports neither torch
+#: nor SciPy (tests check them against `ToyProblem`, `SolverSettings` and the study's lists).
+DEFAULTS = {
+    "aggregators": "median,trmean,krum,cc,rfa",
+    "attacks": "alie,signflip,ipm,mimic,minmax,minsum",
+    "objectives": "nlp0,nlp1,nlp0.9,nlp1.1,nlp-1",
+    "n": 12, "f": 5, "steps": 8, "lr": 0.5, "clip": 2.0, "noise_std": 1.0,
+    "restarts": 3, "start_std": 3.0, "bound": 20.0, "maxiter": None,
+}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from byzbench.studies.mean_estimation import DEFAULT_AGGREGATORS, DEFAULT_ATTACKS, SolverSettings, ToyProblem
-    from byzbench.optimal import OBJECTIVES
-
-    toy, solver = ToyProblem(), SolverSettings()
+    d = DEFAULTS
     p = subparsers.add_parser(
         "mean-estimation",
         help="2-D mean-estimation study: classic and NLP attacks against robust rules (seed 001 §5.2)",
@@ -34,35 +41,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("mean_estimation"),
                    help="folder for mean_estimation.csv, trajectories.png, loss_per_step.png (default: mean_estimation)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples, attacks and random starts (default 0)")
-    p.add_argument("--aggregators", default=",".join(DEFAULT_AGGREGATORS),
+    p.add_argument("--aggregators", default=d["aggregators"],
                    help="comma-separated aggregator specs, e.g. 'median,cc(tau=5)' (default: %(default)s)")
-    p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
+    p.add_argument("--attacks", default=d["attacks"],
                    help="comma-separated classic attack specs with registry defaults (default: %(default)s)")
     p.add_argument("--attack-param", action="append", default=[], metavar="ATTACK.KEY=VALUE",
                    help="a parameter of one classic attack, e.g. alie.z=1.5 (repeatable)")
-    p.add_argument("--objectives", default=",".join(OBJECTIVES),
+    p.add_argument("--objectives", default=d["objectives"],
                    help="comma-separated NLP objectives, or 'none' (default: %(default)s)")
     p.add_argument("--no-baseline", action="store_true", help="leave out the no-attack run")
-    p.add_argument("--restarts", type=int, default=solver.restarts,
-                   help=f"random NLP starts besides the ±honest-mean ones (default {solver.restarts})")
-    p.add_argument("--start-std", type=float, default=solver.start_std,
-                   help=f"std of the random NLP starts (default {solver.start_std})")
-    p.add_argument("--bound", default=str(solver.bound),
-                   help=f"box bound |a_t,j| ≤ B of the NLP controls, or 'none' (default {solver.bound})")
-    p.add_argument("--maxiter", type=int, default=solver.maxiter, help="SciPy maxiter per solve (default: SciPy's)")
+    p.add_argument("--restarts", type=int, default=d["restarts"],
+                   help="random NLP starts besides the ±honest-mean ones (default %(default)s)")
+    p.add_argument("--start-std", type=float, default=d["start_std"],
+                   help="std of the random NLP starts (default %(default)s)")
+    p.add_argument("--bound", default=str(d["bound"]),
+                   help="box bound |a_t,j| ≤ B of the NLP controls, or 'none' (default %(default)s)")
+    p.add_argument("--maxiter", type=int, default=d["maxiter"], help="SciPy maxiter per solve (default: SciPy's)")
     p.add_argument("--method", default=None,
                    help="SciPy method of every aggregator (e.g. Nelder-Mead), or per aggregator "
                         "(e.g. krum=Nelder-Mead,rfa=Powell); default: Powell for CM/TM/Krum, SLSQP for CC, "
                         "L-BFGS-B for RFA")
     p.add_argument("--infeasible", choices=("clamp", "raise"), default="clamp",
                    help="feasibility policy of every aggregator (default clamp: Krum runs with f = 4)")
-    p.add_argument("--noise-std", type=float, default=toy.noise_std,
-                   help=f"std σ of the workers' samples (default {toy.noise_std})")
-    p.add_argument("--n", type=int, default=toy.n, help=f"workers (default {toy.n})")
-    p.add_argument("--f", type=int, default=toy.f, help=f"Byzantine workers (default {toy.f})")
-    p.add_argument("--steps", type=int, default=toy.steps, help=f"steps T (default {toy.steps})")
-    p.add_argument("--lr", type=float, default=toy.lr, help=f"learning rate (default {toy.lr})")
-    p.add_argument("--clip", default=str(toy.clip), help=f"norm clip of the aggregate, or 'none' (default {toy.clip})")
+    p.add_argument("--noise-std", type=float, default=d["noise_std"],
+                   help="std σ of the workers' samples (default %(default)s)")
+    p.add_argument("--n", type=int, default=d["n"], help="workers (default %(default)s)")
+    p.add_argument("--f", type=int, default=d["f"], help="Byzantine workers (default %(default)s)")
+    p.add_argument("--steps", type=int, default=d["steps"], help="steps T (default %(default)s)")
+    p.add_argument("--lr", type=float, default=d["lr"], help="learning rate (default %(default)s)")
+    p.add_argument("--clip", default=str(d["clip"]),
+                   help="norm clip of the aggregate, or 'none' (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no per-run progress lines on stderr")
     p.set_defaults(func=run)
 
