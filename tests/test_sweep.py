@@ -210,8 +210,8 @@ def test_default_name_is_a_digest_of_the_content() -> None:
 
 # ---------------------------------------------------------------------- workers × threads
 @pytest.mark.parametrize("workers, threads, cores, expected", [
-    (None, None, 8, (1, 8)), (2, None, 8, (2, 4)), (3, None, 8, (3, 2)), (None, 3, 8, (2, 3)),
-    (2, 4, 8, (2, 4)), (8, None, 8, (8, 1)), (None, None, 1, (1, 1)),
+    (None, None, 8, (1, 1)), (2, None, 8, (2, 1)), (None, 3, 8, (2, 3)), (None, 1, 8, (8, 1)),
+    (2, 4, 8, (2, 4)), (8, None, 8, (8, 1)), (None, None, 1, (1, 1)), (None, 8, 8, (1, 8)),
 ])
 def test_plan_workers(workers, threads, cores, expected) -> None:
     assert plan_workers(workers, threads, cores) == expected

@@ -35,10 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local worker processes (default) or Ray tasks")
     p.add_argument("--workers", type=int, default=None,
-                   help="runs at once (local: processes, default 1 or cores // threads; "
+                   help="runs at once (local: processes, default cores // threads with --threads, else 1; "
                         "ray: tasks in flight, default what the cluster holds)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per run (local: default cores // workers; ray: ⌊cpus-per-run⌋)")
+                   help="torch threads per run (local: default 1; ray: default ⌊cpus-per-run⌋)")
     p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local instance)")
     p.add_argument("--cpus-per-run", type=float, default=None, help="Ray CPUs per run (default 1)")
     p.add_argument("--gpus-per-run", type=float, default=None, help="Ray GPUs per run (default 0)")

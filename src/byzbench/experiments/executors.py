@@ -8,10 +8,10 @@ store: the driver (`byzbench.experiments.sweeping`) writes it.
 * `SerialExecutor` — in the calling process, one run at a time (tests, debugging,
   library callers that want no subprocesses).
 * `LocalExecutor` — ``workers`` processes of the ``spawn`` (default) or ``forkserver``
-  start method, each with ``threads`` torch threads, ``workers × threads ≤ cores``. A
-  worker that dies (SIGKILL, segfault, out of memory) fails only the run it held, with
-  the error ``"worker process died (...)"``; a fresh worker replaces it and the sweep goes
-  on. Workers get SIGKILL when the driver dies (Linux ``PR_SET_PDEATHSIG``).
+  start method, each with ``threads`` torch threads (default 1), ``workers × threads ≤
+  cores``. A worker that dies (SIGKILL, segfault, out of memory) fails only the run it
+  held, with the error ``"worker process died (...)"``; a fresh worker replaces it and
+  the sweep goes on. Workers get SIGKILL when the driver dies (Linux ``PR_SET_PDEATHSIG``).
 * `RayExecutor` — each run is a Ray task with ``num_cpus``/``num_gpus`` resources on a
   local Ray instance or an existing cluster (``address``); at most ``max_in_flight``
   tasks are submitted at once (default: what the cluster's CPUs and GPUs hold) and
@@ -46,6 +46,8 @@ START_METHODS = ("spawn", "forkserver")
 #: Most characters of a failed run's traceback kept in the store.
 TRACEBACK_CHARS = 4000
 WORKER_DIED = "worker process died"
+#: Torch threads per run when not given (see `plan_workers`).
+DEFAULT_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -107,10 +109,12 @@ def available_cores() -> int:
 
 
 def plan_workers(workers: int | None, threads: int | None, cores: int | None = None) -> tuple[int, int]:
-    """(workers, threads) with workers × threads ≤ cores; the missing one is derived.
+    """(workers, threads) with workers × threads ≤ cores; `ConfigError` names the parameter.
 
-    Neither given: one worker with every core. Only one given: the other is
-    ``max(1, cores // given)``. Both given: checked. `ConfigError` names the parameter.
+    ``threads`` defaults to `DEFAULT_THREADS` (1): a sweep's parallelism is across runs,
+    and on a machine shared with other jobs two torch threads per run measured ten times
+    slower than one (docs/sweeps.md). ``workers`` defaults to ``cores // threads`` when
+    ``threads`` is given, else to 1.
     """
     cores = available_cores() if cores is None else cores
     for value, key in ((workers, "workers"), (threads, "threads")):
@@ -118,12 +122,9 @@ def plan_workers(workers: int | None, threads: int | None, cores: int | None = N
             raise ConfigError(f"must be an integer ≥ 1, got {value!r}", key)
         if value is not None and value > cores:
             raise ConfigError(f"{value} exceeds the {cores} CPU cores available", key)
-    if workers is None and threads is None:
-        return 1, cores
     if workers is None:
-        return max(1, cores // threads), threads
-    if threads is None:
-        return workers, max(1, cores // workers)
+        workers = 1 if threads is None else max(1, cores // threads)
+    threads = DEFAULT_THREADS if threads is None else threads
     if workers * threads > cores:
         raise ConfigError(f"workers × threads = {workers} × {threads} = {workers * threads} exceeds the "
                           f"{cores} CPU cores available", "workers")
