@@ -107,7 +107,7 @@ def _int(text: str, key: str) -> int:
 
 def _cmd_stress(args: argparse.Namespace) -> int:
     from byzbench.cli import load_config
-    from byzbench.commands.sweep import _display
+    from byzbench.commands.sweep import progress_display
     from byzbench.experiments.executors import LocalExecutor, RayExecutor, available_cores
     from byzbench.experiments.store import ResultsStore
     from byzbench.experiments.stress import check_settings, run_stress
@@ -125,7 +125,7 @@ def _cmd_stress(args: argparse.Namespace) -> int:
         executor = RayExecutor(address=args.ray_address, threads=args.threads, max_in_flight=args.workers)
     db = args.db or args.out / "results.db"
     start = time.perf_counter()
-    display = _display(args.progress)
+    display = progress_display(args.progress)
     try:
         with ResultsStore(db) as store:
             result = run_stress(base, settings, store, executor, args.out, progress=display,
