@@ -12,7 +12,11 @@ One round t:
 6. the server steps θ_{t+1} = θ_t − γ_t (clip(R_t) + λ θ_t).
 
 A ``data``-level attack (label flip) instead changes the Byzantine clients' mini-batches
-before step 1.
+before step 1. ``attack.until = T1`` (any attack; seed 001 App. A) stops the attack at
+round T1: from then on the Byzantine clients send their own honest messages. An attack
+that declares ``uses_replay = True`` (the optimal attacks of §4.14) gets
+``view.simulate``, a `byzbench.sim.replay.Replay` of future rounds that leaves this run
+untouched; the other attacks pay nothing for it.
 
 Per-round metrics (training loss of the honest clients, ‖R‖, ‖R − μ_H‖, cos(R, μ_H),
 learning rate) and periodic test metrics are recorded; with Byzantine clients also the
