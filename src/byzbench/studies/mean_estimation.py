@@ -448,15 +448,17 @@ def format_table(result: StudyResult) -> str:
     The last line per aggregator states the headline claim: whether the best NLP run's
     final (mean) loss is ≥ every classic attack's.
     """
-    lines = [f"{'aggregator':<12s} {'attack':<12s} {'kind':<9s} {'final':>10s} {'mean':>10s}"]
+    wa = max([len("aggregator"), *(len(r.aggregator) for r in result.runs)])
+    wk = max([len("attack"), *(len(r.attack) for r in result.runs)])
+    lines = [f"{'aggregator':<{wa}s} {'attack':<{wk}s} {'kind':<9s} {'final':>10s} {'mean':>10s}"]
     for agg in result.aggregators:
         best = {m: result.best_nlp(agg, m) for m in ("final", "mean")}
         for run in result.runs_of(agg):
             cells = [f"{_metric(run, m):9.4f}" + ("*" if run is best[m] else " ") for m in ("final", "mean")]
-            lines.append(f"{agg:<12s} {run.attack:<12s} {run.kind:<9s} {cells[0]:>10s} {cells[1]:>10s}")
+            lines.append(f"{agg:<{wa}s} {run.attack:<{wk}s} {run.kind:<9s} {cells[0]:>10s} {cells[1]:>10s}")
         verdict = {m: result.nlp_dominates(agg, m) for m in ("final", "mean")}
         if None not in verdict.values():
-            lines.append(f"{'':<12s} best NLP ≥ every classic attack: final {_yes(verdict['final'])}, "
+            lines.append(f"{'':<{wa}s} best NLP ≥ every classic attack: final {_yes(verdict['final'])}, "
                          f"mean {_yes(verdict['mean'])}")
     return "\n".join(lines)
 
