@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import attacker_view
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,9 +19,13 @@ from byzbench.attacks.stab import STAB, logit_gap
 from byzbench.config import ExperimentConfig
 from byzbench.errors import ConfigError
 from byzbench.optimal import NONFINITE_LOSS, maximize, trajectory_value
-from byzbench.optimal.lookahead import AUTO_LAMBDA_BOX, LambdaSpace, SolverSettings, ssnlp_row
+from byzbench.optimal.lookahead import (
+    AUTO_LAMBDA_BOX,
+    LambdaSpace,
+    SolverSettings,
+    ssnlp_row,
+)
 from byzbench.sim.engine import Simulation
-from helpers import attacker_view
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -245,7 +250,7 @@ def test_full_nlp_plans_rows_at_least_as_harmful_as_its_start():
 
     class Start(_CheckedNLP):
         def plan(self, view, steps):
-            from byzbench.optimal.lookahead import initial_rows, RowSpace
+            from byzbench.optimal.lookahead import RowSpace, initial_rows
             x0 = initial_rows(view, steps, 1.0)
             starts.append(self.value(view.simulate(RowSpace(8, view.honest).controls(x0), steps)))
             return super().plan(view, steps)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import reference_grads
 
 from byzbench.attacks import ATTACKS, Attack
 from byzbench.attacks.ipm import IPM
@@ -13,7 +14,6 @@ from byzbench.config import ExperimentConfig
 from byzbench.errors import ConfigError
 from byzbench.sim.engine import Simulation
 from byzbench.sim.replay import Replay, Trajectory
-from helpers import reference_grads
 
 
 @pytest.fixture(autouse=True, scope="module")

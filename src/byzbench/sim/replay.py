@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from byzbench.sim.engine import Simulation
 
 #: A control: ``control(i, view) -> rows`` for step i, or fixed rows; rows are ``[d]`` or ``[f, d]``.
-Control = Union[Callable[[int, AttackerView], torch.Tensor], torch.Tensor]
+Control = Callable[[int, AttackerView], torch.Tensor] | torch.Tensor
 
 
 @dataclass(frozen=True)
