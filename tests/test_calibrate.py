@@ -27,12 +27,13 @@ BASE = ExperimentConfig(rounds=10, eval_every=5, n_clients=8, n_byzantine=2, mod
 class FakeRuns:
     """A ``run_many`` whose accuracy is a known function of the strength (no training).
 
-    ``acc(value, cfg)`` gives the accuracy; ``diverge(value)`` marks diverged runs. Every
-    config it receives is kept, so tests can check seeds, rounds and batches.
+    ``acc(value, cfg)`` gives the accuracy, ``dev(value)`` the per-round distance of the
+    aggregate from the honest mean; ``diverge(value)`` marks diverged runs. Every config
+    it receives is kept, so tests can check seeds, rounds and batches.
     """
 
-    def __init__(self, acc, diverge=lambda v: False, param="z"):
-        self.acc, self.diverge, self.param = acc, diverge, param
+    def __init__(self, acc, diverge=lambda v: False, param="z", dev=lambda v: 0.0):
+        self.acc, self.diverge, self.param, self.dev = acc, diverge, param, dev
         self.calls: list[list[ExperimentConfig]] = []
 
     @property
@@ -49,8 +50,10 @@ class FakeRuns:
                                            metrics={"test_accuracy": [(0, 0.9)]}, wall_time_s=0.0))
                 continue
             a = self.acc(v, c)
-            out.append(SimpleNamespace(run_id=c.run_id, status="finished", final_accuracy=a,
-                                       metrics={"test_accuracy": [(0, 0.0), (c.rounds, a)]}, wall_time_s=0.0))
+            dist = [(t, self.dev(v)) for t in range(c.rounds)]
+            out.append(SimpleNamespace(run_id=c.run_id, status="finished", final_accuracy=a, wall_time_s=0.0,
+                                       metrics={"test_accuracy": [(0, 0.0), (c.rounds, a)],
+                                                "dist_to_honest_mean": dist}))
         return out
 
 
@@ -150,6 +153,36 @@ def test_diverged_runs_count_as_chance():
     assert res.value == 8.0 and res.accuracy_mean == pytest.approx(0.1)
 
 
+def test_deviation_proxy_ranks_by_distance_and_confirms_by_accuracy():
+    # The accuracy proxy is fooled (stronger attacks look better early); the deviation is not.
+    runs = FakeRuns(lambda z, c: (0.9 - 0.05 * z) if c.rounds == 10 else 0.5 + 0.05 * z, dev=lambda z: z * (8 - z))
+    res = calibrate(BASE, "alie", run_many=runs, seeds=[0], proxy_score="deviation", refine=False)
+    assert [v for v, _ in res.proxy_ranking[:2]] == [5.0, 2.5]  # deviation 15 > 13.75 > 0 …
+    assert res.proxy_ranking[0][1] == pytest.approx(15.0)
+    assert res.value == 5.0 and res.accuracy_mean == pytest.approx(0.65)
+    fooled = calibrate(BASE, "alie", run_many=FakeRuns(runs.acc), seeds=[0], refine=False)
+    assert {c.value for c in fooled.confirmed} == {0.0, 0.5}  # the proxy confirms the weakest strengths
+    refined = calibrate(BASE, "alie", run_many=runs, seeds=[0], proxy_score="deviation", refine_evals=12,
+                        confirm_top=1)
+    assert refined.value == pytest.approx(4.0, abs=0.05)  # argmax of z(8 − z)
+
+
+def test_diverged_run_is_the_strongest_deviation():
+    runs = FakeRuns(lambda z, c: 0.8, diverge=lambda z: z == 10.0, dev=lambda z: z)
+    res = calibrate(BASE, "alie", run_many=runs, seeds=[0], proxy_score="deviation", refine=False)
+    assert res.proxy_ranking[0] == (10.0, math.inf) and res.value == 10.0
+    assert json.loads(json.dumps(res.to_dict()))["proxy_ranking"][0]["score"] == "inf"
+
+
+def test_deviation_proxy_needs_the_distance_series():
+    def bare(configs):
+        return [SimpleNamespace(run_id=c.run_id, status="finished", final_accuracy=0.5,
+                                metrics={"test_accuracy": [(0, 0.5)]}) for c in configs]
+
+    with pytest.raises(RuntimeError, match="dist_to_honest_mean"):
+        calibrate(BASE, "alie", run_many=bare, seeds=[0], proxy_score="deviation")
+
+
 def test_metric_max_versus_final():
     finished = SimpleNamespace(run_id="x", status="finished", final_accuracy=0.4,
                                metrics={"test_accuracy": [(0, 0.1), (5, 0.7), (10, 0.4)]})
@@ -242,6 +275,7 @@ def test_register_family_extends_the_table(monkeypatch):
     ({"attack": "alie", "proxy_rounds": 11}, "proxy_rounds"),
     ({"attack": "alie", "proxy_rounds": 0}, "proxy_rounds"),
     ({"attack": "alie", "metric": "accuracy"}, "metric"),
+    ({"attack": "alie", "proxy_score": "loss"}, "proxy_score"),
     ({"attack": "alie", "seeds": []}, "seeds"),
     ({"attack": "alie", "seeds": [0, 0]}, "seeds"),
     ({"attack": "alie", "seeds": [0], "proxy_seeds": 2}, "proxy_seeds"),

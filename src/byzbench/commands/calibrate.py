@@ -3,6 +3,7 @@
     byzbench calibrate [CONFIG] [--set k=v ...] --attack alie [--param z]
                        [--grid 0,0.5,2.5,5,8,10] [--proxy-rounds R] [--proxy-seeds K]
                        [--seeds 0,1,2] [--confirm-top 2] [--metric max_accuracy]
+                       [--proxy-score accuracy|deviation]
                        [--no-refine] [--refine-evals 5] [--db results.db | --no-db]
                        [--json FILE] [--progress auto|always|never]
 
@@ -21,7 +22,9 @@ from typing import Any
 
 from byzbench.cli import config_args, load_config
 from byzbench.errors import ConfigError
-from byzbench.experiments.calibrate import DEFAULT_REFINE_EVALS, METRICS, calibrate, format_calibration
+from byzbench.experiments.calibrate import (
+    DEFAULT_REFINE_EVALS, METRICS, PROXY_SCORES, calibrate, format_calibration,
+)
 from byzbench.spec import parse_value
 
 
@@ -36,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", help="comma-separated confirmation seeds (default: seed, seed+1, seed+2)")
     p.add_argument("--confirm-top", type=int, default=2, help="proxy candidates confirmed by full runs (default 2)")
     p.add_argument("--metric", default="max_accuracy", help=f"{' or '.join(METRICS)} (default max_accuracy)")
+    p.add_argument("--proxy-score", default="accuracy",
+                   help=f"{' or '.join(PROXY_SCORES)}: how proxy runs are ranked (default accuracy; deviation: "
+                        "mean distance of the aggregate from the honest mean, higher = stronger)")
     p.add_argument("--no-refine", action="store_true", help="grid only: no golden-section refinement")
     p.add_argument("--refine-evals", type=int, default=DEFAULT_REFINE_EVALS,
                    help=f"proxy points of the refinement (default {DEFAULT_REFINE_EVALS})")
@@ -60,7 +66,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         result = calibrate(
             base, args.attack, param=args.param, grid=parse_grid(args.grid), proxy_rounds=args.proxy_rounds,
             proxy_seeds=args.proxy_seeds, confirm_top=args.confirm_top, seeds=parse_seeds(args.seeds),
-            metric=args.metric, refine=not args.no_refine, refine_evals=args.refine_evals, store=store, log=log,
+            metric=args.metric, proxy_score=args.proxy_score, refine=not args.no_refine, refine_evals=args.refine_evals, store=store, log=log,
         )
     finally:
         if store is not None:

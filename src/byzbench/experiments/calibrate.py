@@ -14,19 +14,26 @@ maximum over the run's evaluations, seed 000's metric; default) or ``final_accur
 Method (exactly):
 
 1. **Proxy, grid.** Every grid value runs for ``proxy_rounds`` rounds (default
-   ⌈rounds/5⌉) on each of the first ``proxy_seeds`` seeds (default 1); its proxy score
-   is the mean accuracy. A diverged run scores the chance accuracy 1/num_classes,
-   whatever the metric.
+   ⌈rounds/5⌉) on each of the first ``proxy_seeds`` seeds (default 1). Its proxy score,
+   averaged over those seeds, is ``proxy_score``:
+
+   - ``accuracy`` (default): the ``metric`` of the short run, lower = stronger; a
+     diverged run scores the chance accuracy 1/num_classes, whatever the metric;
+   - ``deviation``: the mean over the short run's rounds of ‖R_t − μ_H,t‖, the distance
+     of the aggregate from the honest mean (the quantity (f, κ)-robustness bounds;
+     Allouah et al., AISTATS 2023), higher = stronger; a diverged run scores +∞.
+     Attacks that speed up early training and only cap the final accuracy (measured:
+     ALIE against CC, docs/calibration.md) fool the short-horizon accuracy, not this.
 2. **Proxy, refinement** (continuous families, ``refine=True``, ≥ 2 grid values).
    Golden-section search for the minimum on the bracket formed by the best grid value's
    two grid neighbours (at an end of the grid: its one neighbour and itself), in the
    family's scale (log: on log v). It scores exactly ``refine_evals`` (default 5)
    points: the two interior points b − (b−a)/φ and a + (b−a)/φ, then one per step,
-   keeping the side of the lower score (ties keep the smaller strengths). Refined values
+   keeping the side of the stronger score (ties keep the smaller strengths). Refined values
    are rounded to 4 significant digits (integers for integer parameters); a rounded
    value scored before is not run again.
-3. **Confirmation.** The ``confirm_top`` (default 2) best proxy values (grid and refined;
-   ties: the smaller strength) run for the full ``rounds`` on every seed of ``seeds``
+3. **Confirmation.** The ``confirm_top`` (default 2) strongest proxy values (grid and
+   refined; ties: the smaller strength) run for the full ``rounds`` on every seed of ``seeds``
    (default: seed, seed+1, seed+2 of the base config; seed 000 uses 3 seeds). The
    calibrated value has the lowest mean confirmed accuracy (ties: the smaller strength);
    the result reports its mean ± sample standard deviation (ddof 1; 0 for one seed).
@@ -58,6 +65,7 @@ CONTINUOUS, CATEGORICAL = "continuous", "categorical"
 KINDS = (CONTINUOUS, CATEGORICAL)
 SCALES = ("linear", "log")
 METRICS = ("max_accuracy", "final_accuracy")
+PROXY_SCORES = ("accuracy", "deviation")
 STAGES = ("grid", "refine", "confirm")
 INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0  # 1/φ, the golden-section ratio
 SIGNIFICANT_DIGITS = 4
@@ -248,18 +256,31 @@ def run_accuracy(result: Any, metric: str, chance: float) -> float:
     return float(acc) if acc is not None and math.isfinite(acc) else chance
 
 
+def run_deviation(result: Any) -> float | None:
+    """Mean ‖R_t − μ_H,t‖ (``dist_to_honest_mean``) over the run's rounds.
+
+    +∞ for a diverged run; None when the result carries no such series.
+    """
+    if getattr(result, "status", None) == "diverged":
+        return math.inf
+    series = [v for _, v in getattr(result, "metrics", {}).get("dist_to_honest_mean", [])
+              if v is not None and math.isfinite(v)]
+    return statistics.fmean(series) if series else None
+
+
 # ---------------------------------------------------------------------------- results
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One run of the calibration: stage, strength, seed, horizon and accuracy."""
+    """One run of the calibration: stage, strength, seed, horizon, accuracy, deviation."""
 
     stage: str
     value: Any
     seed: int
     rounds: int
     accuracy: float
+    deviation: float | None
     status: str
     run_id: str
     wall_time_s: float
@@ -284,6 +305,7 @@ class CalibrationResult:
     kind: str
     scale: str
     metric: str
+    proxy_score: str
     defense: str
     grid: tuple[Any, ...]
     rounds: int
@@ -314,20 +336,31 @@ class CalibrationResult:
         out["grid"] = list(self.grid)
         out["proxy_ranking"] = [{"value": v, "score": s} for v, s in self.proxy_ranking]
         out["total_time_s"] = self.total_time_s
-        return out
+        return _json_safe(out)
+
+
+def _json_safe(obj: Any) -> Any:
+    """``obj`` with tuples as lists and non-finite floats as the strings "inf", "-inf", "nan"."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
 
 
 # ---------------------------------------------------------------------------- search
 
 
 class _Evaluator:
-    """Runs candidates through ``run_many`` and remembers every accuracy by run id."""
+    """Runs candidates through ``run_many`` and remembers every outcome by run id."""
 
     def __init__(self, base: ExperimentConfig, family: AttackFamily, run_many: RunMany, metric: str,
                  chance: float, log: Log | None) -> None:
         self.base, self.family, self.run_many = base, family, run_many
         self.metric, self.chance, self.log = metric, chance, log
-        self.cache: dict[str, tuple[float, str, float]] = {}
+        self.cache: dict[str, tuple[float, float | None, str, float]] = {}
         self.evaluations: list[Evaluation] = []
 
     def config(self, value: Any, seed: int, rounds: int) -> ExperimentConfig:
@@ -340,8 +373,8 @@ class _Evaluator:
         return cfg.validate()
 
     def __call__(self, stage: str, values: Sequence[Any], rounds: int,
-                 seeds: Sequence[int]) -> dict[Any, list[float]]:
-        """Accuracies ``{value: [per seed]}``, running only configs not seen before."""
+                 seeds: Sequence[int]) -> dict[Any, list[Evaluation]]:
+        """Evaluations ``{value: [per seed]}``, running only configs not seen before."""
         configs = {(v, s): self.config(v, s, rounds) for v in values for s in seeds}
         todo = list({c.run_id: c for c in configs.values() if c.run_id not in self.cache}.values())
         if todo:
@@ -351,16 +384,18 @@ class _Evaluator:
             for cfg, res in zip(todo, results):
                 if getattr(res, "run_id", cfg.run_id) != cfg.run_id:
                     raise RuntimeError(f"run_many returned run {res.run_id} in place of {cfg.run_id}")
-                acc = run_accuracy(res, self.metric, self.chance)
-                self.cache[cfg.run_id] = (acc, res.status, float(getattr(res, "wall_time_s", 0.0) or 0.0))
-        out: dict[Any, list[float]] = {v: [] for v in values}
+                self.cache[cfg.run_id] = (run_accuracy(res, self.metric, self.chance), run_deviation(res),
+                                          res.status, float(getattr(res, "wall_time_s", 0.0) or 0.0))
+        out: dict[Any, list[Evaluation]] = {v: [] for v in values}
         for (v, s), cfg in configs.items():
-            acc, status, wall = self.cache[cfg.run_id]
-            self.evaluations.append(Evaluation(stage, v, s, rounds, acc, status, cfg.run_id, wall))
-            out[v].append(acc)
+            acc, dev, status, wall = self.cache[cfg.run_id]
+            ev = Evaluation(stage, v, s, rounds, acc, dev, status, cfg.run_id, wall)
+            self.evaluations.append(ev)
+            out[v].append(ev)
             if self.log is not None:
+                dev_s = "" if dev is None else f", deviation {dev:.4g}"
                 self.log(f"{stage:8s} {self.family.param}={_fmt_value(v)} seed {s} ({rounds} rounds): "
-                         f"{100 * acc:.2f}% {status}")
+                         f"{100 * acc:.2f}%{dev_s} {status}")
         return out
 
 
@@ -417,6 +452,7 @@ def calibrate(
     confirm_top: int = 2,
     seeds: Sequence[int] | None = None,
     metric: str = "max_accuracy",
+    proxy_score: str = "accuracy",
     refine: bool = True,
     refine_evals: int = DEFAULT_REFINE_EVALS,
     run_many: RunMany | None = None,
@@ -428,7 +464,7 @@ def calibrate(
     ``base`` holds everything but the attack strength (defense, partition, model,
     rounds); its attack parameters are kept when its attack is ``attack``. ``seeds``
     default to (seed, seed+1, seed+2) of ``base``; the proxy uses the first
-    ``proxy_seeds`` of them. ``run_many`` defaults to `sequential_runner(store)`;
+    ``proxy_seeds`` of them; ``proxy_score`` is ``accuracy`` or ``deviation``. ``run_many`` defaults to `sequential_runner(store)`;
     ``log`` receives one line per evaluation. Invalid arguments raise `ConfigError`
     naming the argument before any run.
     """
@@ -436,30 +472,38 @@ def calibrate(
     family = resolve_family(attack, param, grid)
     seeds = _check_seeds(base, seeds)
     proxy_rounds = _check_proxy_rounds(base, proxy_rounds)
-    _check_options(base, metric, proxy_seeds, len(seeds), confirm_top, refine, refine_evals)
+    _check_options(base, metric, proxy_score, proxy_seeds, len(seeds), confirm_top, refine, refine_evals)
     evaluator = _Evaluator(base, family, run_many or sequential_runner(store), metric, _chance(base), log)
     for value in family.grid:  # every candidate config is valid before the first run
         evaluator.config(value, seeds[0], proxy_rounds)
     times: dict[str, float] = {}
     proxy = seeds[:proxy_seeds]
-    scores = _timed(times, "grid", lambda: _means(evaluator("grid", family.grid, proxy_rounds, proxy)))
+    keys: dict[Any, float] = {}  # proxy score signed so that lower = stronger attack
+
+    def score(stage: str, values: Sequence[Any]) -> None:
+        for value, evs in evaluator(stage, values, proxy_rounds, proxy).items():
+            keys[value] = _proxy_key(evs, proxy_score)
+
+    _timed(times, "grid", lambda: score("grid", family.grid))
     if refine and family.kind == CONTINUOUS and len(family.grid) >= 2:
-        best = min(scores, key=lambda v: (scores[v], family.order(v)))
+        best = min(keys, key=lambda v: (keys[v], family.order(v)))
 
-        def score(value: Any) -> float:
-            if value not in scores:
-                scores[value] = _means(evaluator("refine", [value], proxy_rounds, proxy))[value]
-            return scores[value]
+        def key(value: Any) -> float:
+            if value not in keys:
+                score("refine", [value])
+            return keys[value]
 
-        _timed(times, "refine", lambda: golden_refine(family, best, score, refine_evals))
-    ranking = sorted(scores.items(), key=lambda kv: (kv[1], family.order(kv[0])))
-    top = [v for v, _ in ranking[:confirm_top]]
+        _timed(times, "refine", lambda: golden_refine(family, best, key, refine_evals))
+    order = sorted(keys, key=lambda v: (keys[v], family.order(v)))
+    ranking = [(v, keys[v] if proxy_score == "accuracy" else -keys[v]) for v in order]
+    top = order[:confirm_top]
     full = _timed(times, "confirm", lambda: evaluator("confirm", top, base.rounds, seeds))
-    confirmed = sorted((_confirmed(v, full[v]) for v in top), key=lambda c: (c.mean, family.order(c.value)))
+    confirmed = sorted((_confirmed(v, [e.accuracy for e in full[v]]) for v in top),
+                       key=lambda c: (c.mean, family.order(c.value)))
     winner = confirmed[0]
     return CalibrationResult(
         attack=family.attack, param=family.param, kind=family.kind, scale=family.scale, metric=metric,
-        defense=base.defense, grid=family.grid, rounds=base.rounds, proxy_rounds=proxy_rounds,
+        proxy_score=proxy_score, defense=base.defense, grid=family.grid, rounds=base.rounds, proxy_rounds=proxy_rounds,
         proxy_seeds=tuple(proxy), seeds=tuple(seeds), chance=evaluator.chance, evaluations=evaluator.evaluations,
         proxy_ranking=ranking, confirmed=confirmed, value=winner.value, accuracy_mean=winner.mean,
         accuracy_std=winner.std, stage_times=times, base_config=base.to_dict(),
@@ -473,8 +517,13 @@ def _timed(times: dict[str, float], stage: str, fn: Callable[[], Any]) -> Any:
     return out
 
 
-def _means(accs: dict[Any, list[float]]) -> dict[Any, float]:
-    return {v: statistics.fmean(a) for v, a in accs.items()}
+def _proxy_key(evs: list[Evaluation], proxy_score: str) -> float:
+    """Mean proxy score over the proxy seeds, signed so that lower = stronger attack."""
+    if proxy_score == "accuracy":
+        return statistics.fmean(e.accuracy for e in evs)
+    if any(e.deviation is None for e in evs):
+        raise RuntimeError("proxy_score 'deviation' needs the runs' dist_to_honest_mean series")
+    return -statistics.fmean(e.deviation for e in evs)
 
 
 def _confirmed(value: Any, accs: list[float]) -> Confirmed:
@@ -509,12 +558,14 @@ def _check_proxy_rounds(base: ExperimentConfig, proxy_rounds: int | None) -> int
     return proxy_rounds
 
 
-def _check_options(base: ExperimentConfig, metric: str, proxy_seeds: int, n_seeds: int, confirm_top: int,
-                   refine: bool, refine_evals: int) -> None:
+def _check_options(base: ExperimentConfig, metric: str, proxy_score: str, proxy_seeds: int, n_seeds: int,
+                   confirm_top: int, refine: bool, refine_evals: int) -> None:
     if base.n_byzantine < 1:
         raise ConfigError("calibrating an attack needs at least one Byzantine client", "n_byzantine")
     if metric not in METRICS:
         raise ConfigError(f"must be one of {', '.join(METRICS)}, got {metric!r}", "metric")
+    if proxy_score not in PROXY_SCORES:
+        raise ConfigError(f"must be one of {', '.join(PROXY_SCORES)}, got {proxy_score!r}", "proxy_score")
     for key, value, low, high in (("proxy_seeds", proxy_seeds, 1, n_seeds), ("confirm_top", confirm_top, 1, None)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
             bound = f"in [{low}, {high}] (the number of seeds)" if high is not None else f"≥ {low}"
@@ -544,15 +595,17 @@ def format_calibration(result: CalibrationResult) -> str:
     head = [
         f"calibrate {r.attack}.{p} against {r.defense}  ({_spec(cfg['data'])}, {_spec(cfg['partition'])}, "
         f"{_spec(cfg['model'])}, {cfg['n_clients']} clients, {cfg['n_byzantine']} Byzantine)",
-        f"  metric {r.metric} (diverged = chance {_pct(r.chance).strip()}); proxy {r.proxy_rounds} rounds, "
-        f"seed(s) {_seeds(r.proxy_seeds)}; confirmation {r.rounds} rounds, seeds {_seeds(r.seeds)}",
+        f"  metric {r.metric} (diverged = chance {_pct(r.chance).strip()}); proxy {r.proxy_score} over "
+        f"{r.proxy_rounds} rounds, seed(s) {_seeds(r.proxy_seeds)}; confirmation {r.rounds} rounds, "
+        f"seeds {_seeds(r.seeds)}",
         "",
-        f"  {'stage':8s} {p:>10s} {'proxy acc':>10s}   status (* confirmed)",
+        f"  {'stage':8s} {p:>10s} {'proxy ' + r.proxy_score[:3]:>10s}   status (* confirmed)",
     ]
+    shown = _pct if r.proxy_score == "accuracy" else (lambda x: f"{x:.4g}")
     status = {e.value: e.status for e in r.evaluations if e.stage in ("grid", "refine")}
     stage = {e.value: e.stage for e in reversed(r.evaluations) if e.stage in ("grid", "refine")}
     picked = {c.value for c in r.confirmed}
-    rows = [f"  {stage[v]:8s} {_fmt_value(v):>10s} {_pct(s):>10s}   {status[v]}{' *' if v in picked else ''}"
+    rows = [f"  {stage[v]:8s} {_fmt_value(v):>10s} {shown(s):>10s}   {status[v]}{' *' if v in picked else ''}"
             for v, s in r.proxy_ranking]
     conf = ["", f"  {'confirm':8s} {p:>10s} {'mean':>8s} {'± std':>8s}   per seed"]
     conf += [f"  {'':8s} {_fmt_value(c.value):>10s} {_pct(c.mean)} ± {100 * c.std:5.2f}   "
@@ -576,7 +629,7 @@ def _seeds(seeds: Sequence[int]) -> str:
 
 
 __all__ = [
-    "AttackFamily", "CalibrationResult", "Confirmed", "Evaluation", "FAMILIES", "METRICS", "calibrate",
-    "format_calibration", "golden_refine", "register_family", "resolve_family", "run_accuracy",
-    "sequential_runner", "stored_result",
+    "AttackFamily", "CalibrationResult", "Confirmed", "Evaluation", "FAMILIES", "METRICS", "PROXY_SCORES",
+    "calibrate", "format_calibration", "golden_refine", "register_family", "resolve_family", "run_accuracy",
+    "run_deviation", "sequential_runner", "stored_result",
 ]
