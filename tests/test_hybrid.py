@@ -291,9 +291,9 @@ def test_force_reads_only_byzantine_data_when_the_environment_says_own():
     spec = "hybrid(policy=force_plus, density=0.02, force_iters=2, force_batches=1)"
     sim = Simulation(tiny(spec))
     honest_mask = sim.attack.build_mask(sim.attack_env())
-    own_env = sim.attack_env()
-    own_env.extra["knowledge"] = "own"
-    assert not sim.attack.prunes_with_honest_data(own_env)
+    assert sim.attack_env().knowledge == "omniscient" and sim.attack.prunes_with_honest_data(sim.attack_env())
+    own_env = Simulation(tiny(spec.replace(")", ", knowledge=own)"))).attack_env()
+    assert own_env.knowledge == "own" and not sim.attack.prunes_with_honest_data(own_env)
     byz = Simulation(tiny(spec.replace(")", ", omniscient_pruning=false)")))
     byz_mask = byz.attack.build_mask(byz.attack_env())
     assert torch.equal(sim.attack.build_mask(own_env), byz_mask) and not torch.equal(honest_mask, byz_mask)

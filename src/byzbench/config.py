@@ -201,6 +201,7 @@ class ExperimentConfig:
         SCHEDULES.create(self.lr_schedule.name, "lr_schedule", **self.lr_schedule.params)
         params = dict(self.attack.params)
         knowledge = params.pop("knowledge", None)
+        check_until(params.pop("until", None))
         attack = ATTACKS.create(self.attack.name, "attack", **params)
         if knowledge is not None:
             if knowledge not in KNOWLEDGE_LEVELS:
@@ -231,6 +232,18 @@ class ExperimentConfig:
             setattr(self, key, float(getattr(self, key)))
         if self.clip_norm is not None:
             self.clip_norm = float(self.clip_norm)
+
+
+def check_until(value: Any) -> int | None:
+    """``attack.until`` (an engine-level key of every attack, like ``knowledge``): None
+    (attack every round) or the first round T1 ≥ 0 at which the Byzantine clients stop
+    attacking and send their own honest messages (seed 001, App. A)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"must be an integer ≥ 0 (the first round without attack) or null, got {value!r}",
+                          "attack.until")
+    return value
 
 
 def _int(value: Any, key: str, minimum: int) -> int:

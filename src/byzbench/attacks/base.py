@@ -89,6 +89,7 @@ class AttackEnv:
     generator: torch.Generator  # the attack's own set-up stream
     loss_and_grad: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    knowledge: str = "omniscient"  # the run's knowledge level: which data the attack may read
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -106,11 +106,9 @@ class HybridSparse(Attack):
                               draw, self.density, self.force_iters, self.force_batches, self.fc_max)
 
     def prunes_with_honest_data(self, env: AttackEnv) -> bool:
-        """``omniscient_pruning``, unless the environment states the knowledge level
-        (``env.knowledge`` or ``env.extra["knowledge"]``) and it is ``own``: then the
+        """``omniscient_pruning``, unless the run's knowledge level is ``own``: then the
         Byzantine clients' data, the only data that level may read."""
-        knowledge = getattr(env, "knowledge", None) or env.extra.get("knowledge")
-        return self.omniscient_pruning and knowledge != "own"
+        return self.omniscient_pruning and env.knowledge != "own"
 
     def use_mask(self, mask: torch.Tensor) -> None:
         """Attack with an explicit mask c (bool or 0/1 of size d) instead of the policy's

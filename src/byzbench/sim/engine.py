@@ -42,7 +42,7 @@ from torch.func import functional_call
 
 from byzbench import __version__
 from byzbench.attacks import ATTACKS, Attack, AttackEnv, AttackerView
-from byzbench.config import ExperimentConfig, resolve_device
+from byzbench.config import ExperimentConfig, check_until, resolve_device
 from byzbench.data import load_dataset, make_partitioner, partition
 from byzbench.defenses import AggregationContext, Defense
 from byzbench.errors import ConfigError, NonFiniteInputError
@@ -53,7 +53,6 @@ from byzbench.sim.local import LOCAL_PROCEDURES, LocalTrainer, local_batch_size
 from byzbench.sim.replay import Replay
 from byzbench.sim.sampler import ClientSampler
 from byzbench.sim.schedule import SCHEDULES
-from byzbench.spec import ComponentSpec
 
 ROUND_METRICS = ("train_loss", "agg_norm", "dist_to_honest_mean", "cos_to_honest_mean")
 #: Random streams; new streams are appended so earlier ones keep their seeds.
@@ -103,7 +102,7 @@ class Simulation:
     """A configured run; all set-up (data, partition, model, components) happens here."""
 
     def __init__(self, config: ExperimentConfig) -> None:
-        self.config = _validated(config)
+        self.config = config.validate()
         cfg = config
         self.device = resolve_device(cfg.device)
         self.seeds = seed_streams(cfg.seed)
@@ -449,7 +448,7 @@ class Simulation:
             model=model, layout=layout, theta0=self.theta0.clone(), n=self.n, f=self.f,
             client_indices=list(self.parts), x_train=self.x_train, y_train=self.y_train,
             num_classes=self.dataset.num_classes, generator=_gen(self.seeds["attack_setup"], self.device),
-            loss_and_grad=loss_and_grad, logits=logits,
+            loss_and_grad=loss_and_grad, logits=logits, knowledge=self.knowledge,
         )
 
     def _step(self, aggregate: torch.Tensor, lr: float) -> None:
@@ -466,31 +465,6 @@ class Simulation:
         loss, acc = evaluate(self.model, self.x_test, self.y_test)
         history["test_loss"].append((rnd, loss))
         history["test_accuracy"].append((rnd, acc))
-
-
-def check_until(value: Any) -> int | None:
-    """``attack.until``: None (attack every round) or the first honest round T1 ≥ 0."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"must be an integer ≥ 0 (the first round without attack) or null, got {value!r}",
-                          "attack.until")
-    return value
-
-
-def _validated(config: ExperimentConfig) -> ExperimentConfig:
-    """``config.validate()`` with ``attack.until`` checked here and hidden from the attack's
-    constructor, which does not take it (the engine handles it for every attack)."""
-    params = config.attack.params
-    if "until" not in params:
-        return config.validate()
-    until = check_until(params["until"])
-    config.attack = ComponentSpec(config.attack.name, {k: v for k, v in params.items() if k != "until"})
-    try:
-        config.validate()
-    finally:
-        config.attack = ComponentSpec(config.attack.name, {**config.attack.params, "until": until})
-    return config
 
 
 def _has(history: dict[str, list[tuple[int, float]]], name: str, rnd: int) -> bool:
