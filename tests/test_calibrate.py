@@ -281,6 +281,7 @@ def test_register_family_extends_the_table(monkeypatch):
     ({"attack": "alie", "seeds": [0], "proxy_seeds": 2}, "proxy_seeds"),
     ({"attack": "alie", "confirm_top": 0}, "confirm_top"),
     ({"attack": "alie", "refine_evals": 1}, "refine_evals"),
+    ({"attack": "alie", "threads": 0}, "threads"),
 ])
 def test_invalid_arguments_name_the_key_before_any_run(kwargs, key):
     runs = FakeRuns(lambda z, c: 0.5)
@@ -317,6 +318,17 @@ def test_real_alie_against_median_is_no_better_than_no_attack(tmp_path):
             [TINY.override([f"seed={s}", "attack.z=0.0"]) for s in (0, 1)])]
     assert res.accuracy_mean <= sum(zero) / 2
     assert res.value > 0
+
+
+def test_sequential_runner_sets_and_restores_torch_threads(monkeypatch):
+    import torch
+
+    seen = []
+    monkeypatch.setattr("byzbench.experiments.runner.run_experiment",
+                        lambda cfg, store=None: seen.append(torch.get_num_threads()) or cfg.run_id)
+    before = torch.get_num_threads()
+    assert cal.sequential_runner(threads=1)([BASE]) == [BASE.run_id]
+    assert seen == [1] and torch.get_num_threads() == before
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@
                        [--grid 0,0.5,2.5,5,8,10] [--proxy-rounds R] [--proxy-seeds K]
                        [--seeds 0,1,2] [--confirm-top 2] [--metric max_accuracy]
                        [--proxy-score accuracy|deviation]
-                       [--no-refine] [--refine-evals 5] [--db results.db | --no-db]
+                       [--no-refine] [--refine-evals 5] [--threads 1] [--db results.db | --no-db]
                        [--json FILE] [--progress auto|always|never]
 
 CONFIG and ``--set`` give the defense and the heterogeneity (e.g. ``--set defense='nnm >
@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-refine", action="store_true", help="grid only: no golden-section refinement")
     p.add_argument("--refine-evals", type=int, default=DEFAULT_REFINE_EVALS,
                    help=f"proxy points of the refinement (default {DEFAULT_REFINE_EVALS})")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--db", default="results.db", help="SQLite results store (default: results.db)")
     p.add_argument("--no-db", action="store_true", help="record nothing (and reuse nothing)")
     p.add_argument("--json", metavar="FILE", help="also write the full result as JSON to FILE")
@@ -66,7 +67,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         result = calibrate(
             base, args.attack, param=args.param, grid=parse_grid(args.grid), proxy_rounds=args.proxy_rounds,
             proxy_seeds=args.proxy_seeds, confirm_top=args.confirm_top, seeds=parse_seeds(args.seeds),
-            metric=args.metric, proxy_score=args.proxy_score, refine=not args.no_refine, refine_evals=args.refine_evals, store=store, log=log,
+            metric=args.metric, proxy_score=args.proxy_score, refine=not args.no_refine, refine_evals=args.refine_evals, store=store,
+            threads=args.threads, log=log,
         )
     finally:
         if store is not None:
