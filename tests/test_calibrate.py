@@ -17,7 +17,13 @@ from byzbench.errors import ConfigError
 from byzbench.experiments import ResultsStore
 from byzbench.experiments import calibrate as cal
 from byzbench.experiments.calibrate import (
-    FAMILIES, INV_PHI, AttackFamily, calibrate, format_calibration, register_family, resolve_family,
+    FAMILIES,
+    INV_PHI,
+    AttackFamily,
+    calibrate,
+    format_calibration,
+    register_family,
+    resolve_family,
     run_accuracy,
 )
 
@@ -72,7 +78,7 @@ def test_grid_picks_5_and_golden_section_lands_near_3_7():
     assert min(grid_scores, key=grid_scores.get) == 5.0
     refined = [e.value for e in res.stage("refine")]
     assert all(2.5 <= v <= 8.0 for v in refined)  # the bracket of 5: its grid neighbours
-    assert res.value == pytest.approx(3.7, abs=0.05)
+    assert res.value == pytest.approx(3.7, abs=0.1)  # scores tie below 4 significant digits
     assert res.accuracy_mean == pytest.approx(skewed_parabola(res.value))
 
 
@@ -164,7 +170,7 @@ def test_deviation_proxy_ranks_by_distance_and_confirms_by_accuracy():
     assert {c.value for c in fooled.confirmed} == {0.0, 0.5}  # the proxy confirms the weakest strengths
     refined = calibrate(BASE, "alie", run_many=runs, seeds=[0], proxy_score="deviation", refine_evals=12,
                         confirm_top=1)
-    assert refined.value == pytest.approx(4.0, abs=0.05)  # argmax of z(8 − z)
+    assert refined.value == pytest.approx(4.0, abs=0.1)  # argmax of z(8 − z), up to 4-digit ties
 
 
 def test_diverged_run_is_the_strongest_deviation():
@@ -333,7 +339,7 @@ def test_sequential_runner_sets_and_restores_torch_threads(monkeypatch):
 
 @pytest.mark.slow
 def test_rerun_with_the_store_reuses_every_finished_run(tmp_path, monkeypatch):
-    kwargs = dict(grid=[0, 5], seeds=[0], proxy_rounds=5, refine_evals=2)
+    kwargs = {"grid": [0, 5], "seeds": [0], "proxy_rounds": 5, "refine_evals": 2}
     cfg = TINY.override(["rounds=10"])
     with ResultsStore(tmp_path / "r.db") as store:
         first = calibrate(cfg, "alie", store=store, **kwargs)

@@ -23,7 +23,11 @@ from typing import Any
 from byzbench.cli import config_args, load_config
 from byzbench.errors import ConfigError
 from byzbench.experiments.calibrate import (
-    DEFAULT_REFINE_EVALS, METRICS, PROXY_SCORES, calibrate, format_calibration,
+    DEFAULT_REFINE_EVALS,
+    METRICS,
+    PROXY_SCORES,
+    calibrate,
+    format_calibration,
 )
 from byzbench.spec import parse_value
 

@@ -15,7 +15,8 @@ Method (exactly):
 
 1. **Proxy, grid.** Every grid value runs for ``proxy_rounds`` rounds (default
    ⌈rounds/5⌉) on each of the first ``proxy_seeds`` seeds (default 1). Its proxy score,
-   averaged over those seeds, is ``proxy_score``:
+   averaged over those seeds and compared at 4 significant digits (closer scores tie),
+   is ``proxy_score``:
 
    - ``accuracy`` (default): the ``metric`` of the short run, lower = stronger; a
      diverged run scores the chance accuracy 1/num_classes, whatever the metric;
@@ -25,16 +26,16 @@ Method (exactly):
      Attacks that speed up early training and only cap the final accuracy (measured:
      ALIE against CC, docs/calibration.md) fool the short-horizon accuracy, not this.
 2. **Proxy, refinement** (continuous families, ``refine=True``, ≥ 2 grid values).
-   Golden-section search for the minimum on the bracket formed by the best grid value's
-   two grid neighbours (at an end of the grid: its one neighbour and itself), in the
-   family's scale (log: on log v). It scores exactly ``refine_evals`` (default 5)
-   points: the two interior points b − (b−a)/φ and a + (b−a)/φ, then one per step,
-   keeping the side of the stronger score (ties keep the smaller strengths). Refined values
-   are rounded to 4 significant digits (integers for integer parameters); a rounded
-   value scored before is not run again.
+   Golden-section search for the strongest score on the bracket formed by the best grid
+   value's two grid neighbours (at an end of the grid: its one neighbour and itself),
+   in the family's scale (log: on log v). It scores exactly ``refine_evals`` (default
+   5) points: the two interior points b − (b−a)/φ and a + (b−a)/φ, then one per step,
+   keeping the side of the stronger score (ties keep the smaller strengths). Refined
+   values are rounded to 4 significant digits (integers for integer parameters); a
+   rounded value scored before is not run again.
 3. **Confirmation.** The ``confirm_top`` (default 2) strongest proxy values (grid and
-   refined; ties: the smaller strength) run for the full ``rounds`` on every seed of ``seeds``
-   (default: seed, seed+1, seed+2 of the base config; seed 000 uses 3 seeds). The
+   refined; ties: the smaller strength) run for the full ``rounds`` on every seed of
+   ``seeds`` (default: seed, seed+1, seed+2 of the base config; seed 000 uses 3 seeds). The
    calibrated value has the lowest mean confirmed accuracy (ties: the smaller strength);
    the result reports its mean ± sample standard deviation (ddof 1; 0 for one seed).
 
@@ -50,8 +51,9 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from byzbench.config import ExperimentConfig
 from byzbench.errors import ConfigError
@@ -414,12 +416,13 @@ class _Evaluator:
         return out
 
 
+def _significant(x: float) -> float:
+    """``x`` rounded to `SIGNIFICANT_DIGITS` significant digits (0 and ±∞ unchanged)."""
+    return float(x) if x == 0 or not math.isfinite(x) else float(f"{x:.{SIGNIFICANT_DIGITS}g}")
+
+
 def _round_value(x: float, family: AttackFamily) -> float | int:
-    if family.integer:
-        return int(round(x))
-    if x == 0 or not math.isfinite(x):
-        return float(x)
-    return float(f"{x:.{SIGNIFICANT_DIGITS}g}")
+    return round(x) if family.integer else _significant(x)
 
 
 def _bracket(grid: tuple[float, ...], best: float) -> tuple[float, float]:
@@ -537,12 +540,14 @@ def _timed(times: dict[str, float], stage: str, fn: Callable[[], Any]) -> Any:
 
 
 def _proxy_key(evs: list[Evaluation], proxy_score: str) -> float:
-    """Mean proxy score over the proxy seeds, signed so that lower = stronger attack."""
+    """Mean proxy score over the proxy seeds, signed so that lower = stronger attack,
+    at `SIGNIFICANT_DIGITS` digits (closer scores are ties: float noise, e.g. a clipped
+    deviation that has saturated, must not decide)."""
     if proxy_score == "accuracy":
-        return statistics.fmean(e.accuracy for e in evs)
+        return _significant(statistics.fmean(e.accuracy for e in evs))
     if any(e.deviation is None for e in evs):
         raise RuntimeError("proxy_score 'deviation' needs the runs' dist_to_honest_mean series")
-    return -statistics.fmean(e.deviation for e in evs)
+    return -_significant(statistics.fmean(e.deviation for e in evs))
 
 
 def _confirmed(value: Any, accs: list[float]) -> Confirmed:
@@ -611,12 +616,14 @@ def format_calibration(result: CalibrationResult) -> str:
     """A readable table: the proxy ranking, the confirmed candidates and the verdict."""
     r, p = result, result.param
     cfg = r.base_config
+    title = (f"calibrate {r.attack}.{p} against {r.defense}  ({_spec(cfg['data'])}, {_spec(cfg['partition'])}, "
+             f"{_spec(cfg['model'])}, {cfg['n_clients']} clients, {cfg['n_byzantine']} Byzantine)")
+    setup = (f"  metric {r.metric} (diverged = chance {_pct(r.chance).strip()}); proxy {r.proxy_score} over "
+             f"{r.proxy_rounds} rounds, seed(s) {_seeds(r.proxy_seeds)}; confirmation {r.rounds} rounds, "
+             f"seeds {_seeds(r.seeds)}")
     head = [
-        f"calibrate {r.attack}.{p} against {r.defense}  ({_spec(cfg['data'])}, {_spec(cfg['partition'])}, "
-        f"{_spec(cfg['model'])}, {cfg['n_clients']} clients, {cfg['n_byzantine']} Byzantine)",
-        f"  metric {r.metric} (diverged = chance {_pct(r.chance).strip()}); proxy {r.proxy_score} over "
-        f"{r.proxy_rounds} rounds, seed(s) {_seeds(r.proxy_seeds)}; confirmation {r.rounds} rounds, "
-        f"seeds {_seeds(r.seeds)}",
+        title,
+        setup,
         "",
         f"  {'stage':8s} {p:>10s} {'proxy ' + r.proxy_score[:3]:>10s}   status (* confirmed)",
     ]
@@ -630,9 +637,9 @@ def format_calibration(result: CalibrationResult) -> str:
     conf += [f"  {'':8s} {_fmt_value(c.value):>10s} {_pct(c.mean)} ± {100 * c.std:5.2f}   "
              + " ".join(_pct(a).strip() for a in c.accuracies) for c in r.confirmed]
     times = ", ".join(f"{k} {v:.1f} s" for k, v in r.stage_times.items())
-    tail = ["", f"  calibrated {r.attack}.{p} = {_fmt_value(r.value)}: {r.metric} "
-                f"{100 * r.accuracy_mean:.2f} ± {100 * r.accuracy_std:.2f} % over {len(r.seeds)} seed(s)",
-            f"  time: {times}; total {r.total_time_s:.1f} s ({len(r.evaluations)} evaluations)"]
+    verdict = (f"  calibrated {r.attack}.{p} = {_fmt_value(r.value)}: {r.metric} "
+               f"{100 * r.accuracy_mean:.2f} ± {100 * r.accuracy_std:.2f} % over {len(r.seeds)} seed(s)")
+    tail = ["", verdict, f"  time: {times}; total {r.total_time_s:.1f} s ({len(r.evaluations)} evaluations)"]
     return "\n".join(head + rows + conf + tail)
 
 
@@ -648,7 +655,20 @@ def _seeds(seeds: Sequence[int]) -> str:
 
 
 __all__ = [
-    "AttackFamily", "CalibrationResult", "Confirmed", "Evaluation", "FAMILIES", "METRICS", "PROXY_SCORES",
-    "calibrate", "format_calibration", "golden_refine", "register_family", "resolve_family", "run_accuracy",
-    "run_deviation", "sequential_runner", "stored_result",
+    "FAMILIES",
+    "METRICS",
+    "PROXY_SCORES",
+    "AttackFamily",
+    "CalibrationResult",
+    "Confirmed",
+    "Evaluation",
+    "calibrate",
+    "format_calibration",
+    "golden_refine",
+    "register_family",
+    "resolve_family",
+    "run_accuracy",
+    "run_deviation",
+    "sequential_runner",
+    "stored_result",
 ]
