@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import statistics
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 from byzbench.config import ExperimentConfig
 from byzbench.errors import ConfigError
-from byzbench.experiments.calibrate import run_accuracy, stored_result
+from byzbench.experiments.calibrate import run_accuracy, run_deviation, stored_result
 from byzbench.experiments.executors import SerialExecutor
 from byzbench.experiments.store import ResultsStore
 from byzbench.experiments.stress import (
@@ -61,6 +62,9 @@ def test_settings_are_canonicalised_and_validated():
     with pytest.raises(ConfigError) as err:
         check_settings(BASE, StressSettings(grids={"alie": (-1.0, 2.0)}))
     assert err.value.key == "grid"
+    with pytest.raises(ConfigError) as err:
+        check_settings(BASE, StressSettings(proxy_score="loss"))
+    assert err.value.key == "proxy_score"
     with pytest.raises(ConfigError) as err:
         check_settings(BASE.override(["n_byzantine=0"]), TINY)
     assert err.value.key == "n_byzantine"
@@ -164,6 +168,17 @@ def test_stress_end_to_end_choices_files_and_resume(tmp_path):
         again = run_stress(BASE, TINY, store, SerialExecutor(1), tmp_path / "out2")
         assert {r.run_id: r.finished_at for r in store.runs()} == before
         assert again.table.cells == result.table.cells
+        # The deviation proxy picks, per cell, the value whose proxy run kept the aggregate
+        # farthest from the honest mean (same proxy runs: nothing new to run).
+        dev = run_stress(BASE, replace(TINY, proxy_score="deviation"), store, SerialExecutor(1), tmp_path / "out3")
+        runs = iter(proxy_sweep(BASE, settings).runs())
+        for d in settings.defenses:
+            for b in settings.betas:
+                for a in settings.attacks:
+                    devs = [(-run_deviation(stored_result(store, next(runs).run_id)), i, v)
+                            for i, v in enumerate(settings.family(a).grid)]
+                    chosen = next(c.value for c in dev.calibrated if (c.defense, c.beta, c.attack) == (d, b, a))
+                    assert chosen == min(devs)[2]
 
 
 @pytest.mark.slow

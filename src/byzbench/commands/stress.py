@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--proxy-rounds", type=int, default=None, help="rounds of the calibration proxy runs")
     p.add_argument("--no-calibrate", action="store_true", help="attacks at their default strengths")
     p.add_argument("--metric", choices=("max_accuracy", "final_accuracy"), default="max_accuracy")
+    p.add_argument("--proxy-score", choices=("accuracy", "deviation"), default=None,
+                   help="how proxy runs rank attack strengths: lowest accuracy, or largest distance of the "
+                        "aggregate from the honest mean (default: %(default)s → the preset's)")
     p.add_argument("--out", type=Path, default=Path("stress"), help="output folder (default: stress/)")
     p.add_argument("--db", type=Path, default=None, help="results store (default: OUT/results.db)")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
@@ -70,6 +73,8 @@ def settings_from_args(args: argparse.Namespace):
     if args.no_calibrate:
         over["calibrate"] = False
     over["metric"] = args.metric
+    if args.proxy_score is not None:
+        over["proxy_score"] = args.proxy_score
     return StressSettings.quick(**over) if args.quick else StressSettings.default(**over)
 
 

@@ -10,9 +10,9 @@ For every defense D and heterogeneity level (Dirichlet β, or IID) of the settin
 1. **Calibration (proxy).** Each parametrised attack (a family of
    `byzbench.experiments.calibrate`: ALIE z, IPM ε, STRIKE ν, Min-Max/Min-Sum perturbation
    type, …) runs every value of its grid for ``proxy_rounds`` rounds on the first seed;
-   the value with the lowest accuracy (``metric``; a diverged run counts at chance; ties
-   go to the lower final accuracy, then the smaller strength) is the calibrated strength
-   for (D, β). Attacks without a
+   the most damaging value (``proxy_score``: the lowest accuracy, or the largest
+   distance of the aggregate from the honest mean; see `choose_strengths`) is the
+   calibrated strength for (D, β). Attacks without a
    family run with their defaults.
 2. **Gauntlet (full runs).** Every attack (calibrated strength) and the no-attack
    baseline run for ``rounds`` rounds on every seed. These full runs confirm the
@@ -38,7 +38,8 @@ from typing import Any, Callable, Sequence
 
 from byzbench.config import ExperimentConfig
 from byzbench.errors import ConfigError
-from byzbench.experiments.calibrate import FAMILIES, AttackFamily, resolve_family, run_accuracy, stored_result
+from byzbench.experiments.calibrate import (FAMILIES, AttackFamily, resolve_family, run_accuracy, run_deviation,
+                                            stored_result)
 from byzbench.experiments.store import ResultsStore
 from byzbench.experiments.sweep import Sweep
 from byzbench.spec import chain_to_str, parse_chain
@@ -51,6 +52,7 @@ DEFAULT_DEFENSES = ("median", "trmean", "krum", "multikrum", "rfa", "cc", "bucke
 DEFAULT_BETAS: tuple[float | None, ...] = (0.1, 0.5, None)
 BASELINE = "none"
 METRICS = ("max_accuracy", "final_accuracy")
+PROXY_SCORES = ("accuracy", "deviation")
 #: Grids of the quick mode: three values per family, spanning its default grid.
 QUICK_GRIDS: dict[str, tuple[Any, ...]] = {
     "alie": (0.5, 2.5, 8.0), "ipm": (0.5, 2.5, 8.0), "strike": (0.5, 1.0, 2.0),
@@ -73,6 +75,7 @@ class StressSettings:
     calibrate: bool = True
     grids: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     metric: str = "max_accuracy"
+    proxy_score: str = "accuracy"
     name: str = "stress"
 
     @classmethod
@@ -116,6 +119,9 @@ def check_settings(base: ExperimentConfig, settings: StressSettings) -> StressSe
         raise ConfigError("needs at least one seed", "seeds")
     if settings.metric not in METRICS:
         raise ConfigError(f"must be one of {', '.join(METRICS)}, got {settings.metric!r}", "metric")
+    if settings.proxy_score not in PROXY_SCORES:
+        raise ConfigError(f"must be one of {', '.join(PROXY_SCORES)}, got {settings.proxy_score!r}",
+                          "proxy_score")
     for key in ("rounds", "proxy_rounds", "eval_every"):
         value = getattr(settings, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -191,30 +197,40 @@ class Calibrated:
 
 
 def choose_strengths(store: ResultsStore, proxy: Sweep, settings: StressSettings) -> list[Calibrated]:
-    """The argmin of the proxy accuracy per (defense, level, attack).
+    """The most damaging proxy value per (defense, level, attack).
 
-    Ties (frequent with ``max_accuracy`` on short horizons, where every strong attack
-    leaves the maximum at the initial accuracy) go to the lower final accuracy, then to
-    the smaller strength (the earlier grid value). A failed proxy run is not ranked; if
-    every value of a family failed, its first grid value is used.
+    ``proxy_score="accuracy"``: the lowest proxy accuracy (``metric``; a diverged run
+    counts at chance); ties, frequent with ``max_accuracy`` on short horizons where every
+    strong attack leaves the maximum at the initial accuracy, go to the lower final
+    accuracy. ``"deviation"``: the largest mean distance ‖R_t − μ_H,t‖ of the aggregate
+    from the honest mean over the proxy run (+∞ for a diverged run; Allouah et al.,
+    AISTATS 2023), then the lower accuracy. Remaining ties go to the smaller strength (the
+    earlier grid value). A failed proxy run is not ranked; if every value of a family
+    failed, its first grid value is used.
     """
     runs = proxy.runs()
     metas = [m for m, _ in proxy_points(settings)]
     if len(runs) != len(metas):
         raise RuntimeError(f"proxy sweep expanded to {len(runs)} runs for {len(metas)} points")
-    scores: dict[tuple[str, float | None, str], list[tuple[Any, float, float]]] = defaultdict(list)
+    scores: dict[tuple[str, float | None, str], list[tuple[Any, float, tuple[float, ...]]]] = defaultdict(list)
     for (defense, beta, attack, value), run in zip(metas, runs):
         try:
             result, chance = stored_result(store, run.run_id), _chance(run.config)
             acc = run_accuracy(result, settings.metric, chance)
             final = run_accuracy(result, "final_accuracy", chance)
+            deviation = run_deviation(result)
         except (KeyError, RuntimeError):
             acc = final = math.nan
-        scores[(defense, beta, attack)].append((value, acc, final))
+            deviation = None
+        if settings.proxy_score == "deviation":
+            key = (-deviation if deviation is not None else math.inf, _or_inf(acc), _or_inf(final))
+        else:
+            key = (_or_inf(acc), _or_inf(final))
+        scores[(defense, beta, attack)].append((value, acc, key))
     out = []
     for (defense, beta, attack), triples in scores.items():
         ranked = [i for i, t in enumerate(triples) if not math.isnan(t[1])] or [0]
-        best = min(ranked, key=lambda i: (_or_inf(triples[i][1]), _or_inf(triples[i][2]), i))
+        best = min(ranked, key=lambda i: (*triples[i][2], i))
         family = settings.family(attack)
         out.append(Calibrated(defense, beta, attack, family.param if family else "", triples[best][0],
                               tuple((v, a) for v, a, _ in triples)))
