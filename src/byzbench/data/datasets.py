@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from byzbench.errors import ConfigError, ParamError
+from byzbench.errors import ParamError
 from byzbench.registry import Registry
 
 DIGITS_SPLIT_SEED = 20240601

@@ -84,7 +84,7 @@ def write_stress_report(store: ResultsStore, settings: Any, calibrated: Sequence
                         proxy: Sweep | None, out_dir: Any, *, screenshot: bool = False):
     """Write every file of the stress test under ``out_dir``; returns (worst-case table, paths)."""
     from byzbench.experiments.stress import level_label, worst_case_table
-    from byzbench.report import FigureItem, heatmap, pivot_table, write_html
+    from byzbench.report import pivot_table, write_html
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
