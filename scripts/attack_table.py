@@ -16,16 +16,12 @@ import argparse
 import os
 import statistics
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any
 
-import torch
 
-from byzbench import __version__
 from byzbench.config import ExperimentConfig
+from byzbench.experiments.executors import LocalExecutor
 from byzbench.experiments.store import ResultsStore
-from byzbench.sim.engine import Simulation
+from byzbench.experiments.sweeping import run_configs
 
 ATTACKS = (
     "none", "gaussian", "signflip", "labelflip", "alie", "alie(z=8)", "ipm", "ipm(epsilon=2.5)",
@@ -36,51 +32,23 @@ DEFENSES = ("mean", "median", "trmean", "krum", "cc", "nnm > trmean")
 SEEDS = (0, 1, 2)
 BASE = {"partition": "dirichlet(beta=0.3)", "n_clients": 25, "n_byzantine": 5, "rounds": 300}
 
+#: The sweep name the runs are recorded under in the results store.
+NAME = "attack_table"
+
 
 def config_for(attack: str, defense: str, seed: int) -> ExperimentConfig:
     return ExperimentConfig.from_dict({**BASE, "attack": attack, "defense": defense, "seed": seed,
                                        "name": f"{attack} vs {defense}"}).validate()
 
 
-def _run(config: dict[str, Any]) -> dict[str, Any]:
-    torch.set_num_threads(1)
-    cfg = ExperimentConfig.from_dict(config)
-    result = Simulation(cfg).run()
-    return {
-        "run_id": result.run_id, "status": result.status, "rounds_completed": result.rounds_completed,
-        "final_accuracy": result.final_accuracy, "final_loss": result.final_loss,
-        "diverged_round": result.diverged_round, "wall_time_s": result.wall_time_s,
-        "metrics": result.metrics, "summary": result.summary,
-    }
-
-
 def run_grid(store: ResultsStore, workers: int) -> None:
+    """Run every missing config (worker processes, one torch thread each); a failed run is
+    recorded and the grid goes on; finished runs are skipped, so a killed grid resumes."""
     configs = [config_for(a, d, s) for a in ATTACKS for d in DEFENSES for s in SEEDS]
-    done = store.finished_ids()
-    todo = [c for c in configs if c.run_id not in done]
-    print(f"{len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to run", file=sys.stderr)
-    start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {}
-        for cfg in todo:
-            store.start_run(cfg.run_id, cfg.to_dict(), __version__)
-            futures[pool.submit(_run, cfg.to_dict())] = cfg
-        for i, fut in enumerate(as_completed(futures), 1):
-            cfg = futures[fut]
-            try:
-                r = fut.result()
-            except Exception as exc:  # recorded, the grid goes on
-                store.finish_run(cfg.run_id, status="failed", rounds_completed=0, metrics={}, final_accuracy=None,
-                                 final_loss=None, diverged_round=None, wall_time_s=0.0,
-                                 error=f"{type(exc).__name__}: {exc}")
-                print(f"[{i}/{len(todo)}] FAILED {cfg.name} seed {cfg.seed}: {exc}", file=sys.stderr)
-                continue
-            store.finish_run(r["run_id"], status=r["status"], rounds_completed=r["rounds_completed"],
-                             metrics=r["metrics"], final_accuracy=r["final_accuracy"], final_loss=r["final_loss"],
-                             diverged_round=r["diverged_round"], wall_time_s=r["wall_time_s"], summary=r["summary"])
-            acc = "diverged" if r["final_accuracy"] is None else f"{100 * r['final_accuracy']:.1f}%"
-            elapsed = time.perf_counter() - start
-            print(f"[{i}/{len(todo)}] {cfg.name} seed {cfg.seed}: {acc} ({elapsed:.0f} s)", file=sys.stderr)
+    summary = run_configs(NAME, configs, store, LocalExecutor(workers, 1),
+                          on_failure=lambda rid, err: print(f"run {rid} failed: {err}", file=sys.stderr))
+    print(f"{summary.total} runs: {summary.skipped} already done, {summary.finished} finished, "
+          f"{summary.diverged} diverged, {summary.failed} failed in {summary.wall_time_s:.0f} s", file=sys.stderr)
 
 
 def accuracies(store: ResultsStore) -> dict[tuple[str, str], list[float]]:

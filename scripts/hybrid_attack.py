@@ -23,16 +23,12 @@ import argparse
 import os
 import statistics
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any
 
-import torch
 
-from byzbench import __version__
 from byzbench.config import ExperimentConfig
+from byzbench.experiments.executors import LocalExecutor
 from byzbench.experiments.store import ResultsStore
-from byzbench.sim.engine import Simulation
+from byzbench.experiments.sweeping import run_configs
 
 ROUNDS = 300
 SEEDS = (0, 1, 2)
@@ -51,6 +47,9 @@ BASE = {
 }
 BEGIN, END = "<!-- hybrid-table:begin -->", "<!-- hybrid-table:end -->"
 
+#: The sweep name the runs are recorded under in the results store.
+NAME = "hybrid_attack"
+
 
 def config_for(attack: str, partition: str, seed: int) -> ExperimentConfig:
     return ExperimentConfig.from_dict({**BASE, "attack": attack, "partition": partition, "seed": seed,
@@ -61,36 +60,14 @@ def grid() -> list[ExperimentConfig]:
     return [config_for(a, p, s) for a in ATTACKS.values() for p in PARTITIONS.values() for s in SEEDS]
 
 
-def _run(config: dict[str, Any]) -> dict[str, Any]:
-    torch.set_num_threads(1)
-    result = Simulation(ExperimentConfig.from_dict(config)).run()
-    return {
-        "run_id": result.run_id, "status": result.status, "rounds_completed": result.rounds_completed,
-        "final_accuracy": result.final_accuracy, "final_loss": result.final_loss,
-        "diverged_round": result.diverged_round, "wall_time_s": result.wall_time_s,
-        "metrics": result.metrics, "summary": result.summary,
-    }
-
-
 def run_grid(store: ResultsStore, workers: int) -> float:
-    """Run every missing config; returns the wall time in seconds."""
-    todo = [c for c in grid() if c.run_id not in store.finished_ids()]
-    print(f"{len(grid())} runs, {len(todo)} to run", file=sys.stderr)
-    start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {}
-        for cfg in todo:
-            store.start_run(cfg.run_id, cfg.to_dict(), __version__)
-            futures[pool.submit(_run, cfg.to_dict())] = cfg
-        for i, fut in enumerate(as_completed(futures), 1):
-            cfg, r = futures[fut], fut.result()
-            store.finish_run(r["run_id"], status=r["status"], rounds_completed=r["rounds_completed"],
-                             metrics=r["metrics"], final_accuracy=r["final_accuracy"], final_loss=r["final_loss"],
-                             diverged_round=r["diverged_round"], wall_time_s=r["wall_time_s"], summary=r["summary"])
-            acc = "diverged" if r["final_accuracy"] is None else f"{100 * r['final_accuracy']:.1f}%"
-            print(f"[{i}/{len(todo)}] {cfg.name} seed {cfg.seed}: {acc} "
-                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr)
-    return time.perf_counter() - start
+    """Run every missing config (worker processes, one torch thread each); returns the wall
+    time in seconds. Finished runs are skipped, so a killed grid resumes."""
+    summary = run_configs(NAME, grid(), store, LocalExecutor(workers, 1),
+                          on_failure=lambda rid, err: print(f"run {rid} failed: {err}", file=sys.stderr))
+    print(f"{summary.total} runs: {summary.skipped} already done, {summary.finished} finished, "
+          f"{summary.diverged} diverged, {summary.failed} failed in {summary.wall_time_s:.0f} s", file=sys.stderr)
+    return summary.wall_time_s
 
 
 def _mean_metric(store: ResultsStore, run_id: str, name: str) -> float | None:

@@ -22,7 +22,7 @@ from byzbench.experiments.executors import SerialExecutor, plan_workers
 from byzbench.experiments.export import flatten_config, to_pandas, to_records, write_csv
 from byzbench.experiments.store import ResultsStore
 from byzbench.experiments.sweep import Conditional, Sweep
-from byzbench.experiments.sweeping import plan_sweep, run_sweep
+from byzbench.experiments.sweeping import plan_sweep, run_configs, run_sweep
 
 TINY = {"rounds": 3, "eval_every": 3, "n_clients": 8, "n_byzantine": 2, "model": "logistic"}
 
@@ -526,3 +526,21 @@ def test_cli_export_csv_of_one_sweep(results: Path, tmp_path: Path, capsys) -> N
     assert len(rows) == 1 and rows[0]["model.hidden"] == "[16, 8]"
     assert main(["export", str(results), "--out", str(out), "--sweep", "nope"]) == 2
     assert "--sweep: no sweep 'nope'" in capsys.readouterr().err
+
+
+def test_run_configs_runs_an_explicit_list_like_a_sweep(tmp_path):
+    base = ExperimentConfig().override(["rounds=2", "eval_every=2", "n_clients=6", "n_byzantine=1",
+                                        "model=logistic"])
+    configs = [base.override([f"seed={s}"]) for s in (0, 1, 0)]  # seed 0 twice: runs once
+    with ResultsStore(tmp_path / "r.db") as store:
+        first = run_configs("explicit", configs, store, SerialExecutor(threads=1))
+        assert (first.total, first.finished, first.skipped) == (2, 2, 0)
+        ids = store.sweep_run_ids("explicit")
+        assert ids == [configs[0].validate().run_id, configs[1].validate().run_id]
+        stamps = {r.run_id: r.finished_at for r in store.runs()}
+        again = run_configs("explicit", configs, store, SerialExecutor(threads=1))
+        assert (again.skipped, again.finished) == (2, 0)
+        assert {r.run_id: r.finished_at for r in store.runs()} == stamps
+    with pytest.raises(ConfigError) as err, ResultsStore(tmp_path / "s.db") as store:
+        run_configs("bad", [base.override(["n_byzantine=3"])], store, SerialExecutor(threads=1))
+    assert err.value.key == "n_byzantine"

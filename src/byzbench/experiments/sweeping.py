@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from byzbench import __version__
+from byzbench.config import ExperimentConfig
 from byzbench.errors import ConfigError
 from byzbench.experiments.executors import Executor, LocalExecutor, Outcome, Task
 from byzbench.experiments.store import DONE_STATUSES, ResultsStore
@@ -92,7 +93,10 @@ FailureFn = Callable[[str, str], None]
 
 def plan_sweep(sweep: Sweep, store: ResultsStore | None, skip_failed: bool = False) -> list[PlannedRun]:
     """Every run of ``sweep`` with its stored status (no store: all new) and whether it will run."""
-    runs = sweep.runs()
+    return _plan(sweep.runs(), store, skip_failed)
+
+
+def _plan(runs: list[SweepRun], store: ResultsStore | None, skip_failed: bool) -> list[PlannedRun]:
     statuses = store.statuses([r.run_id for r in runs]) if store is not None else {}
     keep = set(DONE_STATUSES) | ({"failed"} if skip_failed else set())
     return [PlannedRun(r, statuses.get(r.run_id), "skip" if statuses.get(r.run_id) in keep else "run")
@@ -107,11 +111,30 @@ def run_sweep(sweep: Sweep, store: ResultsStore, executor: Executor | None = Non
     ``executor`` defaults to a one-worker `LocalExecutor` (closed afterwards);
     ``on_failure(run_id, error)`` is called for each run that fails.
     """
+    return _run_planned(sweep.name, lambda: sweep.runs(), store, executor, skip_failed, progress, on_failure)
+
+
+def run_configs(name: str, configs: list[ExperimentConfig], store: ResultsStore, executor: Executor | None = None,
+                *, skip_failed: bool = False, progress: ProgressFn | None = None,
+                on_failure: FailureFn | None = None) -> SweepSummary:
+    """`run_sweep` for an explicit list of configs, recorded as sweep ``name``: every config
+    is validated first, duplicates (same run id) run once, and the skip/retry/record rules
+    are those of a sweep."""
+
+    def runs() -> list[SweepRun]:
+        unique = {c.run_id: c for c in (cfg.copy().validate() for cfg in configs)}
+        return [SweepRun(c, {}) for c in unique.values()]
+
+    return _run_planned(name, runs, store, executor, skip_failed, progress, on_failure)
+
+
+def _run_planned(name: str, runs: Callable[[], list[SweepRun]], store: ResultsStore, executor: Executor | None,
+                 skip_failed: bool, progress: ProgressFn | None, on_failure: FailureFn | None) -> SweepSummary:
     with driver_lock(store.path):
-        plan = plan_sweep(sweep, store, skip_failed)
-        store.add_sweep_runs(sweep.name, [p.run.run_id for p in plan])
+        plan = _plan(runs(), store, skip_failed)
+        store.add_sweep_runs(name, [p.run.run_id for p in plan])
         todo = [Task(p.run.run_id, p.run.config.to_dict()) for p in plan if p.action == "run"]
-        summary = SweepSummary(sweep.name, total=len(plan), skipped=len(plan) - len(todo),
+        summary = SweepSummary(name, total=len(plan), skipped=len(plan) - len(todo),
                                kept_failed=sum(p.action == "skip" and p.status == "failed" for p in plan))
         own = executor is None
         executor = LocalExecutor() if own else executor
