@@ -25,13 +25,7 @@ from helpers import reference_grads
 MNIST, CIFAR = (1, 28, 28), (3, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Inputs here are tiny: one intra-op thread is faster and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread is faster
 
 
 def build(name: str, params: dict | None = None, shape=MNIST, classes: int = 10, seed: int = 0) -> nn.Module:
