@@ -18,6 +18,7 @@ import statistics
 import sys
 
 
+from doc_block import write_generated_block
 from byzbench.config import ExperimentConfig
 from byzbench.experiments.executors import LocalExecutor
 from byzbench.experiments.store import ResultsStore
@@ -125,15 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_doc(path: str, generated: str) -> None:
-    """Replace the generated block of ``path`` (between markers), keeping the prose."""
-    begin, end = "<!-- attack-table:begin -->", "<!-- attack-table:end -->"
-    text = open(path).read() if os.path.exists(path) else f"# Attacks\n\n{begin}\n{end}\n"
-    if begin not in text:
-        text += f"\n{begin}\n{end}\n"
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    with open(path, "w") as fh:
-        fh.write(f"{head}{begin}\n{generated}{end}{tail}")
+    """Replace the generated block of ``path`` (between the markers), keeping the prose."""
+    write_generated_block(path, generated, "<!-- attack-table:begin -->", "<!-- attack-table:end -->", "Attacks")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import statistics
 import sys
 
 
+from doc_block import write_generated_block
 from byzbench.config import ExperimentConfig
 from byzbench.experiments.executors import LocalExecutor
 from byzbench.experiments.store import ResultsStore
@@ -142,16 +143,7 @@ def verdict(table: dict[tuple[str, str], dict[str, list[float]]]) -> str:
 
 def write_doc(path: str, generated: str) -> None:
     """Replace the generated block of ``path`` (between the markers), keeping the prose."""
-    text = f"# Hybrid sparse attack\n\n{BEGIN}\n{END}\n"
-    if os.path.exists(path):
-        with open(path) as fh:
-            text = fh.read()
-    if BEGIN not in text:
-        text += f"\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    with open(path, "w") as fh:
-        fh.write(f"{head}{BEGIN}\n{generated}{END}{tail}")
+    write_generated_block(path, generated, BEGIN, END, "Hybrid sparse attack")
 
 
 def main(argv: list[str] | None = None) -> int:
