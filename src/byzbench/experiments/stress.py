@@ -33,7 +33,7 @@ import io
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from byzbench.config import ExperimentConfig
@@ -137,18 +137,12 @@ def check_settings(base: ExperimentConfig, settings: StressSettings) -> StressSe
                         ("seeds", settings.seeds)):
         if len(set(values)) != len(values):
             raise ConfigError(f"values must be distinct, got {list(values)}", key)
-    settings = _replace(settings, attacks=attacks, defenses=defenses)
+    settings = replace(settings, attacks=attacks, defenses=defenses)
     for attack in attacks:  # grids valid for their family
         settings.family(attack)
     if base.n_byzantine < 1:
         raise ConfigError("the stress test needs Byzantine clients (n_byzantine ≥ 1)", "n_byzantine")
     return settings
-
-
-def _replace(settings: StressSettings, **changes: Any) -> StressSettings:
-    from dataclasses import replace
-
-    return replace(settings, **changes)
 
 
 def _attack_spec(attack: str, family: AttackFamily | None, value: Any) -> str:

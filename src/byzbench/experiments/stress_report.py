@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from byzbench.experiments.store import ResultsStore
+from byzbench.experiments.stress import level_label, worst_case_table
 from byzbench.experiments.sweep import Sweep
 
 #: The strength parameter shown on a heatmap's x axis, per attack family.
@@ -61,8 +62,6 @@ class CalibrationTable:
 
 
 def calibration_table(calibrated: Sequence[Any]) -> CalibrationTable:
-    from byzbench.experiments.stress import level_label
-
     attacks = list(dict.fromkeys(c.attack for c in calibrated))
     rows: dict[tuple[str, str], dict[str, str]] = {}
     scores = []
@@ -83,7 +82,6 @@ def _frame(store: ResultsStore, sweep: Sweep):
 def write_stress_report(store: ResultsStore, settings: Any, calibrated: Sequence[Any], gauntlet: Sweep,
                         proxy: Sweep | None, out_dir: Any, *, screenshot: bool = False):
     """Write every file of the stress test under ``out_dir``; returns (worst-case table, paths)."""
-    from byzbench.experiments.stress import level_label, worst_case_table
     from byzbench.report import pivot_table, write_html
 
     out = Path(out_dir)
@@ -127,7 +125,7 @@ def _figures(store: ResultsStore, settings: Any, worst: Any, frame: Any, proxy: 
     figures = []
     worst_rows = [{"defense": d, "partition.beta": b, settings.metric: c.mean}
                   for d in settings.defenses for b in settings.betas
-                  if (c := worst.cells.get((d, _label(b)))) is not None]
+                  if (c := worst.cells.get((d, level_label(b)))) is not None]
     if worst_rows:
         path = heatmap(Frame(worst_rows), "defense", "partition.beta", out / "worst_case_heatmap.png",
                        metric=settings.metric, none_label="IID")
@@ -149,14 +147,8 @@ def _figures(store: ResultsStore, settings: Any, worst: Any, frame: Any, proxy: 
     return figures
 
 
-def _label(beta: float | None) -> str:
-    from byzbench.experiments.stress import level_label
-
-    return level_label(beta)
-
-
 def _settings_line(settings: Any) -> str:
-    levels = ", ".join(_label(b) for b in settings.betas)
+    levels = ", ".join(level_label(b) for b in settings.betas)
     return (f"{len(settings.attacks)} attacks × {len(settings.defenses)} defenses × levels {levels}; "
             f"seeds {list(settings.seeds)}; {settings.rounds} rounds (proxy {settings.proxy_rounds}); "
             f"metric {settings.metric}")
