@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from byzbench.defenses import AGGREGATORS, PREAGGREGATORS, Defense, PreAggregator
+from byzbench.defenses.base import AggregationContext
 from byzbench.defenses.mean import Mean
 from byzbench.defenses.median import CoordinateMedian
 from byzbench.defenses.trimmed_mean import TrimmedMean
@@ -598,3 +599,25 @@ def test_from_spec_bad_value_is_config_error():
     with pytest.raises(ConfigError) as exc:
         Defense.from_spec("median(mode=upper)")
     assert exc.value.key == "defense.mode" and "mode must be one of" in str(exc.value)
+
+
+def test_mean_uses_the_callers_column_sums_only_where_they_hold():
+    """``ctx.column_sum`` (Σ_i x_i known to the caller) gives the mean without a pass over
+    the rows; the chain drops it after a pre-aggregator, the screen when it drops rows."""
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 12.0]])
+    calls = []
+
+    def column_sum() -> torch.Tensor:
+        calls.append(1)
+        return x.sum(dim=0)
+
+    ctx = AggregationContext(rows_finite=True, column_sum=column_sum)
+    assert torch.equal(Mean()(x, 1, ctx), torch.tensor([3.0, 6.0])) and calls == [1]
+    # a stale sum would give the wrong answer: after clipping the rows are new ones
+    clipped = Defense.from_spec("clipping(tau=1) > mean")(x, 1, AggregationContext(column_sum=column_sum))
+    assert calls == [1]
+    assert torch.allclose(clipped, (x / x.norm(dim=1, keepdim=True)).mean(dim=0))
+    # a non-finite row screened out: the sum of the rows that remain is recomputed
+    bad = torch.cat([x, torch.full((1, 2), float("nan"))])
+    out = Mean(nonfinite="as_byzantine")(bad, 1, AggregationContext(column_sum=lambda: bad.sum(dim=0)))
+    assert torch.equal(out, torch.tensor([3.0, 6.0]))

@@ -54,6 +54,10 @@ class AggregationContext:
     #: Set by a caller that has already verified every row is finite; the first stage
     #: then skips its own non-finite scan (the chain clears it after that stage).
     rows_finite: bool = False
+    #: Set by a caller that already holds Σ_i x_i of the rows the first stage receives:
+    #: returns it as a fresh ``[d]`` tensor (the mean then needs no pass over the rows).
+    #: Cleared by the chain after the first stage and whenever rows are screened out.
+    column_sum: Callable[[], torch.Tensor] | None = None
 
 
 def finite_rows(x: torch.Tensor) -> torch.Tensor | None:
@@ -153,6 +157,8 @@ class Aggregator(_Rule):
     def __call__(self, x: torch.Tensor, f: int, ctx: AggregationContext | None = None) -> torch.Tensor:
         ctx = ctx or AggregationContext()
         x, f, mask = self._screen(x, f, ctx.rows_finite)
+        if mask is not None:
+            ctx.column_sum = None
         if x.shape[0] == 0:
             raise NonFiniteInputError(f"{self.name}: no row left to aggregate")
         f = self.check(x.shape[0], f)
@@ -182,6 +188,7 @@ class PreAggregator(_Rule):
     ) -> tuple[torch.Tensor, int]:
         ctx = ctx or AggregationContext()
         x, f, mask = self._screen(x, f, ctx.rows_finite)
+        ctx.column_sum = None  # a pre-aggregator's output rows are new
         if mask is not None:
             # Rows were dropped: later stages index the survivors; remember how to map back.
             prior = ctx.diagnostics.get("_screened")

@@ -8,7 +8,8 @@ shared parameters θ. The result is written into one preallocated ``[n, d]`` buf
   from the captured layer inputs ``a`` and output gradients ``δ`` (the per-example
   gradient trick, summed per client). Exact for models whose parameters all live in
   ``nn.Linear`` layers and whose other layers act per sample (activations, dropout,
-  flatten); this is the physical floor of a round.
+  flatten); this is the physical floor of a round. See `byzbench.sim.fused`: a flat
+  Linear/activation stack runs feature-major with the backward written out by hand.
 - ``vmap``: ``torch.func`` — ``functional_call`` + ``grad`` + ``vmap`` over clients with
   ``randomness="different"``, so dropout draws differ per client. Any model.
 - ``loop``: a tight loop over clients, each backward writing into its row of the buffer.
@@ -27,6 +28,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from byzbench.errors import ConfigError
 from byzbench.models.layout import ParamLayout
+from byzbench.sim.fused import FeatureMajorMLP, HookedLinear, feature_major_supported
 
 #: Parameter-free modules that act on each sample independently.
 PER_SAMPLE_MODULES = (
@@ -34,9 +36,6 @@ PER_SAMPLE_MODULES = (
     nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.LogSoftmax, nn.Softmax,
 )
 CONTAINERS = (nn.Sequential, nn.ModuleList)
-#: Per-client weight gradients with at least this many entries in all are written by
-#: ``bmm`` directly into the strided output rows (measured faster above ~10⁵ entries).
-DIRECT_BMM_MIN = 100_000
 
 
 def fused_supported(model: nn.Module) -> bool:
@@ -75,11 +74,8 @@ class ClientGradients:
         self.model, self.layout, self.n, self.strategy = model, layout, n, strategy
         self._params = [p for _, p in model.named_parameters()]
         if strategy == "fused":
-            self._linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-            self._slots = [self._linear_slots(m) for m in self._linears]
-            self._captured: list[tuple[torch.Tensor, torch.Tensor]] = []
-            for m in self._linears:
-                m.register_forward_hook(self._capture)
+            self._fused = (FeatureMajorMLP(model, layout, n) if feature_major_supported(model)
+                           else HookedLinear(model, layout, n))
         elif strategy == "vmap":
             self._vgrad = vmap(grad_and_value(self._loss), in_dims=(None, 0, 0), randomness="different")
         elif strategy != "loop":
@@ -89,40 +85,6 @@ class ClientGradients:
         """Fill ``out[n, d]`` with the gradients; return the ``[n]`` per-client mean losses."""
         self.model.train()
         return getattr(self, f"_{self.strategy}")(x, y, out)
-
-    # ------------------------------------------------------------------ fused
-    def _linear_slots(self, m: nn.Linear) -> tuple[slice, slice | None]:
-        names = {id(p): name for name, p in self.model.named_parameters()}
-        w = self.layout[names[id(m.weight)]]
-        b = self.layout[names[id(m.bias)]] if m.bias is not None else None
-        return slice(w.offset, w.stop), (slice(b.offset, b.stop) if b else None)
-
-    def _capture(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if torch.is_grad_enabled():
-            self._captured.append((inputs[0], output))
-
-    def _fused(self, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        n = self.n
-        self._captured.clear()
-        per_sample = F.cross_entropy(self.model(x), y, reduction="none")
-        captured, self._captured = self._captured, []
-        if len(captured) != len(self._linears):
-            raise RuntimeError("fused strategy: a Linear layer ran more than once per forward")
-        batch = per_sample.shape[0] // n
-        deltas = torch.autograd.grad(per_sample.sum() / batch, [o for _, o in captured])
-        for (a, _), delta, (m, (ws, bs)) in zip(captured, deltas, zip(self._linears, self._slots)):
-            a = a.detach().reshape(n, -1, m.in_features)
-            delta = delta.reshape(n, -1, m.out_features)
-            # G_c = δ_cᵀ a_c; large layers are written straight into the clients' rows
-            # (a temporary of n × |W| would cost a second pass), small ones via a copy.
-            target = out[:, ws].view(n, m.out_features, m.in_features)
-            if target.numel() >= DIRECT_BMM_MIN:
-                torch.bmm(delta.transpose(1, 2), a, out=target)
-            else:
-                target.copy_(torch.bmm(delta.transpose(1, 2), a))
-            if bs is not None:
-                torch.sum(delta, dim=1, out=out[:, bs])
-        return per_sample.detach().view(n, -1).mean(dim=1)
 
     # ------------------------------------------------------------------ vmap
     def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -291,13 +291,14 @@ class Simulation:
                 view.simulate = Replay(self, t, prev, shuffle_gen, ctx.generator, attack_gen)
             byz = self.attack.craft(view)
             diagnostics.update(view.diagnostics)
-        mu = honest.mean(dim=0)
+        honest_sum, byz_sum = honest.sum(dim=0), _row_sum(byz, f)
+        mu = honest_sum.div(h)
         mu_norm = mu.norm()
-        byz_sum = (byz[:1] if byz.dim() == 2 and byz.shape[0] and byz.stride(0) == 0 else byz).sum()
         # Finite sums imply finite entries (a sum that overflows only triggers the full scan).
-        pre = torch.stack([mu_norm, byz_sum.to(mu_norm.dtype)]).tolist()
+        pre = torch.stack([mu_norm, byz_sum.sum().to(mu_norm.dtype)]).tolist()
         ctx.round, ctx.diagnostics = t, {}
         ctx.rows_finite = math.isfinite(pre[0]) and math.isfinite(pre[1])
+        ctx.column_sum = (lambda: honest_sum + byz_sum) if ctx.rows_finite else None
         messages, order = self._messages(honest, byz, slots, shuffle_gen)
         aggregate = self.defense(messages, f, ctx)
         if self.observer is not None:
@@ -484,6 +485,16 @@ def _test_index(cfg: ExperimentConfig, dataset: Any) -> torch.Tensor | None:
         return None
     idx = pick(dataset.y_test.numpy())
     return None if idx is None else torch.as_tensor(np.asarray(idx), dtype=torch.int64)
+
+
+def _row_sum(byz: torch.Tensor, f: int) -> torch.Tensor:
+    """Σ of the f Byzantine messages ``[d]``, given as ``[f, d]`` rows or one row (``[d]``,
+    ``[1, d]`` or a stride-0 expansion) that all f send."""
+    if byz.dim() == 1:
+        return byz * f
+    if byz.shape[0] == 1 or (byz.shape[0] and byz.stride(0) == 0):
+        return byz[0] * f
+    return byz.sum(dim=0)
 
 
 def _all_finite(x: torch.Tensor) -> bool:

@@ -175,7 +175,7 @@ class _Saved:
         unique = {id(g): g for g in generators if g is not None}
         self.generators = [(g, g.get_state()) for g in unique.values()]
         samplers = [s for s in (sim.sampler, sim._root_sampler) if s is not None]
-        self.samplers = [(s, s.generator.get_state(), s.order.clone(), s.step) for s in samplers]
+        self.samplers = [(s, s.state()) for s in samplers]
         self.rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(sim.device) if sim.device.type == "cuda" else None
         self.buffers = [(b, b.detach().clone()) for b in sim.model.buffers()]
@@ -201,10 +201,8 @@ class _Saved:
                 buf.copy_(value)
         for gen, state in self.generators:
             gen.set_state(state)
-        for sampler, state, order, step in self.samplers:
-            sampler.generator.set_state(state)
-            sampler.order.copy_(order)
-            sampler.step = step
+        for sampler, state in self.samplers:
+            sampler.restore(state)
         torch.set_rng_state(self.rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state(self.cuda_rng, self.sim.device)

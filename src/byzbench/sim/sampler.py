@@ -4,6 +4,10 @@ Each client walks through a random permutation of its own partition, B samples p
 round (an epoch of ⌊|D_i|/B⌋ batches, the leftover dropped as with ``drop_last``), and
 reshuffles when its epoch ends. A client holding fewer than B samples sends a batch of
 all its samples repeated cyclically to length B. Every draw comes from one generator.
+
+The shuffles are drawn with torch (``torch.rand`` on the given generator, then argsort);
+the per-round index arithmetic on these small ``[n, B]`` arrays runs in NumPy, whose
+calls cost about a microsecond each against several for torch's dispatcher.
 """
 
 from __future__ import annotations
@@ -17,28 +21,40 @@ class ClientSampler:
 
     def __init__(self, parts: list[np.ndarray], batch_size: int, generator: torch.Generator) -> None:
         self.n, self.batch = len(parts), batch_size
-        self.sizes = torch.tensor([len(p) for p in parts], dtype=torch.int64)
+        self.sizes = np.array([len(p) for p in parts], dtype=np.int64)
         width = int(self.sizes.max())
-        self.index = torch.zeros(self.n, width, dtype=torch.int64)
+        self.index = np.zeros((self.n, width), dtype=np.int64)
         for i, p in enumerate(parts):
-            self.index[i, : len(p)] = torch.as_tensor(p, dtype=torch.int64)
-        self.per_epoch = torch.clamp(self.sizes // batch_size, min=1)
+            self.index[i, : len(p)] = p
+        self.per_epoch = np.maximum(self.sizes // batch_size, 1)
         self.generator = generator
-        self.order = torch.empty(self.n, width, dtype=torch.int64)
-        self._pad = torch.arange(width).unsqueeze(0) >= self.sizes.unsqueeze(1)
-        self._offsets = torch.arange(batch_size)
+        #: Row i: client i's current epoch, as global sample indices (its shuffled partition).
+        self.epoch = np.zeros((self.n, width), dtype=np.int64)
+        self._pad = torch.from_numpy(np.arange(width)[None, :] >= self.sizes[:, None])
+        self._offsets = np.arange(batch_size)
         self.step = 0
 
-    def _reshuffle(self, rows: torch.Tensor) -> None:
-        keys = torch.rand(int(rows.sum()), self.order.shape[1], generator=self.generator)
-        keys.masked_fill_(self._pad[rows], 2.0)
-        self.order[rows] = keys.argsort(dim=1)
+    def _reshuffle(self, rows: np.ndarray) -> None:
+        keys = torch.rand(int(rows.sum()), self.epoch.shape[1], generator=self.generator)
+        keys.masked_fill_(self._pad[torch.from_numpy(rows)], 2.0)
+        order = keys.argsort(dim=1).numpy()
+        self.epoch[rows] = np.take_along_axis(self.index[rows], order, axis=1)
+
+    def state(self) -> tuple[torch.Tensor, np.ndarray, int]:
+        """A snapshot of everything `next` changes (generator state, current epochs, step)."""
+        return self.generator.get_state(), self.epoch.copy(), self.step
+
+    def restore(self, state: tuple[torch.Tensor, np.ndarray, int]) -> None:
+        """Put back a `state` snapshot: the following draws repeat those after it."""
+        gen_state, epoch, self.step = state
+        self.generator.set_state(gen_state)
+        self.epoch[...] = epoch
 
     def next(self) -> torch.Tensor:
         within = self.step % self.per_epoch
         starts = within == 0
-        if bool(starts.any()):
+        if starts.any():
             self._reshuffle(starts)
-        local = (within.unsqueeze(1) * self.batch + self._offsets) % self.sizes.unsqueeze(1)
+        local = (within[:, None] * self.batch + self._offsets) % self.sizes[:, None]
         self.step += 1
-        return self.index.gather(1, self.order.gather(1, local)).view(-1)
+        return torch.from_numpy(np.take_along_axis(self.epoch, local, axis=1).reshape(-1))
