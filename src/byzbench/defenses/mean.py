@@ -29,6 +29,7 @@ class Mean(Aggregator):
         return n >= 1
 
     def aggregate(self, x: torch.Tensor, f: int, ctx: AggregationContext) -> torch.Tensor:
+        n = x.shape[0]
         if ctx.column_sum is not None:
-            return ctx.column_sum().div_(x.shape[0])
-        return x.mean(dim=0)
+            return ctx.column_sum().div_(n)
+        return torch.mv(x.t(), x.new_full((n,), 1.0 / n))  # (1/n)·1ᵀX: BLAS streams rows faster than mean(dim=0)
