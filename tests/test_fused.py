@@ -133,3 +133,23 @@ def test_extreme_logits_give_finite_gradients_and_the_exact_loss():
     assert torch.isfinite(out).all() and torch.isfinite(losses).all()
     assert torch.allclose(losses, per_client_losses(model, x, y), rtol=1e-5)
     assert (out - reference_grads(model, x, y, N)).abs().max() <= 1e-3 * out.abs().max()
+
+
+def test_a_stack_without_flatten_leaves_multi_axis_samples_to_the_model():
+    """Without a leading Flatten, nn.Linear acts on the last axis of a [N·B, 3, 4] batch:
+    Linear(12, ·) cannot take it. The feature-major path must not flatten it silently
+    into a model the user did not write; it defers to the model, which refuses it."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(12, CLASSES))
+    assert feature_major_supported(model)
+    _, layout = bind_flat(model)
+    x, y = data(5)
+    x = x.reshape(N * BATCH, 3, 4)
+    with pytest.raises(RuntimeError):
+        model(x)
+    with pytest.raises(RuntimeError):
+        FeatureMajorMLP(model, layout, N)(x, y, torch.empty(N, layout.dim))
+    flat = x.reshape(N * BATCH, 12)  # the same samples as rows: fine
+    out = torch.empty(N, layout.dim)
+    FeatureMajorMLP(model, layout, N)(flat, y, out)
+    assert (out - reference_grads(model, flat, y, N)).abs().max() <= 1e-5

@@ -107,14 +107,20 @@ class FeatureMajorMLP:
     """
 
     def __init__(self, model: nn.Sequential, layout: ParamLayout, n: int) -> None:
-        self.n = n
+        self.model, self.layout, self.n = model, layout, n
+        self.flattens = isinstance(model[0], nn.Flatten)
         self.layers: list[tuple[nn.Module, object]] = [
             (m, _slots(model, layout, m) if type(m) is nn.Linear else _elementwise_backward(m))
             for m in model if not isinstance(m, nn.Flatten)
         ]
+        self._hooked: HookedLinear | None = None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Fill ``out[n, d]``; return the ``[n]`` per-client mean losses."""
+        if x.dim() != 2 and not self.flattens:
+            # nn.Linear would act on the last axis of each sample: leave that to the model.
+            self._hooked = self._hooked or HookedLinear(self.model, self.layout, self.n)
+            return self._hooked(x, y, out)
         nb = x.shape[0]
         with torch.no_grad():
             a_t = x.reshape(nb, -1).t()
