@@ -449,7 +449,7 @@ def test_gas_matches_loop_reference(private_rules, n, d, f, p, base):
         "_medoid": ref_medoid,
         "_medoid_batched": ref_medoid,
     }
-    perm = torch.argsort(torch.randperm(d, generator=gen(7))).tolist()  # π = σ⁻¹
+    perm = torch.randperm(d, generator=gen(7)).tolist()  # π: chunk q holds π[q·size : (q+1)·size]
     want, keep = ref_gas(x.numpy(), f, p, refs[base], perm)
     ctx = ctx_for(7)
     rule = GAS(p=p, base=base)
@@ -484,7 +484,7 @@ def test_gas_with_krum_family_bases_matches_loop_reference(n, d, f, p, base):
     def per_chunk(chunk: np.ndarray) -> np.ndarray:
         return inner(torch.from_numpy(np.ascontiguousarray(chunk)), f).numpy()
 
-    perm = torch.argsort(torch.randperm(d, generator=gen(7))).tolist()
+    perm = torch.randperm(d, generator=gen(7)).tolist()
     want, keep = ref_gas(x.numpy(), f, p, per_chunk, perm)
     ctx = ctx_for(7)
     assert_rel_close(GAS(p=p, base=base)(x, f, ctx), want)
@@ -508,10 +508,11 @@ def test_gas_chunk_scores_agree_with_measured_distances(monkeypatch, base, dtype
 
 def test_gas_split_helpers():
     x = rand(5, 17, 8)
-    rank = torch.randperm(17, generator=gen(1))
-    perm = gas_module.inverse_permutation(rank)
-    assert torch.equal(perm[rank], torch.arange(17))
-    assert torch.equal(gas_module.permuted_columns(x, perm), x[:, perm])
+    perm = gas_module.random_permutation(17, gen(1))
+    assert perm.dtype == torch.int32 and torch.equal(perm.long(), torch.randperm(17, generator=gen(1)))
+    labels = gas_module.chunk_labels(perm, 5)
+    assert torch.equal(labels[perm.long()], torch.arange(17) // 5)  # position t of π is in chunk ⌊t/5⌋
+    assert torch.equal(gas_module.permuted_columns(x, perm), x[:, perm.long()])
     x3 = x[:, :15].reshape(5, 3, 5).transpose(0, 1)
     a3 = rand(3, 5, 9)
     want = torch.linalg.vector_norm(x3 - a3.unsqueeze(1), dim=2)

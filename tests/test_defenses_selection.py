@@ -29,6 +29,7 @@ from byzbench.defenses.rfa import RFA
 from byzbench.errors import ConfigError, InfeasibleError, NonFiniteInputError
 from byzbench.ops import distances as distances_module
 from byzbench.ops.distances import distance_matrix
+from byzbench.ops.sortnet import execute
 
 F64 = torch.float64
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -477,13 +478,14 @@ def test_closest_to_median_mean_matches_loop_reference(theta, d, seed, data):
     assert_rel_close(out, [ref_closest_to_median_mean([r[c] for r in rows], beta, mode) for c in range(d)])
 
 
-def test_closest_to_median_mean_in_blocks_equals_one_block(monkeypatch):
+def test_closest_to_median_mean_in_blocks_equals_one_block():
     x = randn(11, 50, 4)
-    rows = x
-    whole = [closest_to_median_mean(rows, 3), closest_to_median_mean(rows[:10], 4, "lower")]
-    monkeypatch.setattr(bulyan_module, "BLOCK", 7)
-    assert torch.equal(closest_to_median_mean(rows, 3), whole[0])
-    assert torch.equal(closest_to_median_mean(rows[:10], 4, "lower"), whole[1])
+    for rows, beta, mode in ((x, 3, "midpoint"), (x[:10], 4, "lower"), (x[:10], 4, "midpoint")):
+        whole = closest_to_median_mean(rows, beta, mode)
+        program = bulyan_module.window_program(rows.shape[0], beta, mode)
+        assert torch.equal(execute(program, rows, chunk=7)[0], whole)
+        # the torch path for many rows: the same choices and the same sums
+        assert torch.equal(bulyan_module._window_mean_sorted(rows.sort(dim=0).values, beta, mode), whole)
     want, _ = ref_bulyan(x.tolist(), 2)
     assert_rel_close(Bulyan()(x, 2), want)
 

@@ -5,6 +5,9 @@ Also the generic (selection rule, aggregation rule) form that MixTailor's pool u
 
 from __future__ import annotations
 
+import math
+from functools import cache
+
 import torch
 
 from byzbench.checks import check_choice, check_rule
@@ -22,14 +25,11 @@ from byzbench.errors import InfeasibleError, ParamError
 from byzbench.ops.distances import dists_to, hull_dists, scaled_sq_dists
 from byzbench.ops.rng import LocalGenerator
 from byzbench.ops.rows import mask_of, uniform_weights, weighted_rows
-from byzbench.ops.sortnet import order_statistics
+from byzbench.ops.sortnet import MAX_NETWORK_ROWS, Program, ProgramBuilder, execute
 
 SELECTION_MODES = ("iterative", "one_shot")
 MEDIAN_MODES = ("midpoint", "lower")
 TRIMMED = "trimmed"
-#: Coordinates per block of Bulyan's phase 2 on a CPU: the sorted ranks of a block stay
-#: in cache for the window mean that follows.
-BLOCK = 1 << 17
 
 
 def inner_f(rule: Aggregator, n: int, f: int, owner: str) -> int:
@@ -53,42 +53,67 @@ def closest_to_median_mean(rows: torch.Tensor, beta: int, median_mode: str = "mi
     l_q = s_{c+1−q}, u_k = s_{c+k}, the greedy choice of the β closest values takes, for
     each q = 1..β, whichever of l_q and u_{β+1−q} is closer to the median (missing ones
     count as infinitely far): the comparison m − l_q ≤ u_{β+1−q} − m holds exactly for
-    q ≤ (number taken below the median), so the β pairs never take a value twice.
+    q ≤ (number taken below the median), so the β pairs never take a value twice. The
+    mean is Σ_q (v_q / β), which cannot overflow.
 
-    The sorted ranks come from `byzbench.ops.sortnet.order_statistics` (a pruned sorting
-    network on its process-wide backend); on a CPU the columns are processed in blocks of
-    `BLOCK` so that the ranks of a block are still in cache for the window mean.
+    One program (`window_program`: a pruned sorting network, then the choices and the
+    mean) runs on `byzbench.ops.sortnet`'s process-wide backend, block by block in cache
+    (eager) or as one fused kernel (compile).
     """
-    theta, d = rows.shape
-    out = torch.empty(d, dtype=rows.dtype, device=rows.device)
-    block = d if rows.device.type != "cpu" else BLOCK
-    ranks = window_ranks(theta, beta)
-    for lo in range(0, max(d, 1), block):
-        part = rows[:, lo:lo + block]
-        if part.shape[1]:
-            _window_mean(dict(zip(ranks, order_statistics(part, ranks))), theta, beta, median_mode,
-                         out[lo:lo + block])
-    return out
+    theta = rows.shape[0]
+    if theta > MAX_NETWORK_ROWS:
+        return _window_mean_sorted(rows.sort(dim=0).values, beta, median_mode)
+    return execute(window_program(theta, beta, median_mode), rows)[0]
 
 
-def _window_mean(s: dict[int, torch.Tensor], theta: int, beta: int, median_mode: str,
-                 total: torch.Tensor) -> None:
-    """The greedy β-window mean of `closest_to_median_mean` from the sorted ranks ``s``,
-    written into ``total`` (element-wise steps into reused buffers)."""
+def _window_mean_sorted(srt: torch.Tensor, beta: int, median_mode: str) -> torch.Tensor:
+    """`closest_to_median_mean` from the column-sorted ``srt[θ, d]`` (many rows)."""
+    theta = srt.shape[0]
     c = (theta - 1) // 2
-    med = s[c] if theta % 2 == 1 or median_mode == "lower" else s[c].mul(0.5).add_(s[c + 1], alpha=0.5)
-    below, above = torch.empty_like(med), torch.empty_like(med)
-    closer = torch.empty(med.shape, dtype=torch.bool, device=med.device)
-    total.zero_()
+    med = srt[c] if theta % 2 == 1 or median_mode == "lower" else srt[c] * 0.5 + srt[c + 1] * 0.5
+    total = torch.zeros_like(med)
+    for q in range(1, beta + 1):
+        lo, hi = c + 1 - q, c + beta + 1 - q
+        if lo < 0 or hi >= theta:
+            total += srt[hi if lo < 0 else lo] / beta
+        else:
+            total += torch.where(med - srt[lo] > srt[hi] - med, srt[hi], srt[lo]) / beta
+    return total
+
+
+@cache
+def window_program(theta: int, beta: int, median_mode: str) -> Program:
+    """The `byzbench.ops.sortnet` program of `closest_to_median_mean` on θ rows.
+
+    Each choice is branch-free and exact: g = (m − l > u − m) · ∞ is ∞ where u is
+    chosen and NaN elsewhere, and fmin(u, fmax(l, g)) returns u or l itself.
+    """
+    b = ProgramBuilder(theta)
+    s = b.order_statistics(window_ranks(theta, beta))
+    c = (theta - 1) // 2
+    if theta % 2 == 1 or median_mode == "lower":
+        med = s[c]
+    else:
+        med = b.scale(s[c], 0.5)
+        half = b.scale(s[c + 1], 0.5)
+        b.add(med, half, out=med)
+        b.release(half)
+    total = None
     for q in range(1, beta + 1):
         lo, hi = s.get(c + 1 - q), s.get(c + beta + 1 - q)
         if lo is None or hi is None:
-            total.add_(hi if lo is None else lo, alpha=1.0 / beta)
-            continue
-        torch.sub(med, lo, out=below)
-        torch.sub(hi, med, out=above)
-        torch.le(below, above, out=closer)
-        total.add_(torch.where(closer, lo, hi, out=below), alpha=1.0 / beta)
+            pick = b.divide(hi if lo is None else lo, float(beta))
+        else:
+            below, above = b.sub(med, lo), b.sub(hi, med)
+            g = b.scale(b.greater(below, above, out=below), math.inf, out=below)
+            pick = b.divide(b.fmin(hi, b.fmax(lo, g, out=g), out=g), float(beta), out=g)
+            b.release(above)
+        if total is None:
+            total = pick
+        else:
+            b.add(total, pick, out=total)
+            b.release(pick)
+    return b.build([total])
 
 
 @AGGREGATORS.register("bulyan")

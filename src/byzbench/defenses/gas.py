@@ -52,13 +52,13 @@ def is_coordinatewise(rule: Aggregator) -> bool:
 class GAS(Aggregator):
     """GAS, gradient splitting (Liu, Chen, Lyu, Wu, Wu, Chen, ICML 2023).
 
-    Draw a random permutation of the d coordinates and cut it into chunks of ⌈d/p⌉
-    coordinates (the last may be smaller; p is clamped to d): with σ = ``randperm(d)``
-    from the generator, coordinate j goes to chunk ⌊σ_j / ⌈d/p⌉⌋ (π = σ⁻¹ is the
-    permutation whose consecutive slices are the chunks). Apply the base rule to each
-    chunk of sub-vectors, a_q = BASE(X[:, P_q], f), score every row by the plain ℓ2
-    distances score_i = Σ_q ‖X[i, P_q] − a_q‖₂, keep the n − f rows with the smallest
-    scores (ties: lowest index) and return their mean (full vectors).
+    Draw a uniformly random permutation π of the d coordinates and cut it into chunks of
+    ⌈d/p⌉ coordinates (the last may be smaller; p is clamped to d): chunk q holds the
+    coordinates P_q = π[q·⌈d/p⌉ : (q+1)·⌈d/p⌉], with π = ``randperm(d)`` drawn from the
+    generator (as int32 when d fits: the same permutation, drawn faster). Apply the base
+    rule to each chunk of sub-vectors, a_q = BASE(X[:, P_q], f), score every row by the
+    plain ℓ2 distances score_i = Σ_q ‖X[i, P_q] − a_q‖₂, keep the n − f rows with the
+    smallest scores (ties: lowest index) and return their mean (full vectors).
 
     ``p`` defaults to 1000 and ``base`` to ``"bulyan"``, the setting of the GAS authors'
     example and of seed 004's reference code (ALGORITHMS.md §2.14); ``base`` is any
@@ -68,8 +68,8 @@ class GAS(Aggregator):
     Speed: a coordinate-wise base (mean, median, trimmed mean, or any rule with a true
     ``coordinatewise`` attribute) commutes with the split, so it runs once on all of X
     and the chunk distances are accumulated block by block, with no copy of X. Any other
-    base runs on the chunks of a permuted copy of X, gathered row by row (the random
-    column gather alone costs about 13 reads of X on a CPU). A base that offers
+    base runs on the chunks of a permuted copy of X (one column gather, `permuted_columns`,
+    the costliest step on a CPU: about 13 reads of X). A base that offers
     ``aggregate_chunks(x3[m, n, s], f, ctx) -> [m, s]`` (Krum, Multi-Krum, Bulyan) gets
     all equal-size chunks as one ``[m, n, s]`` view in one batched call; the uneven last
     chunk, and every chunk of a base without the hook, goes to ``aggregate``. If the base
@@ -102,13 +102,12 @@ class GAS(Aggregator):
         n, d = x.shape
         fb = self.base.check(n, f)
         size = -(-d // min(self.p, d))
-        gen = self._rng.get(ctx)
-        rank = torch.randperm(d, generator=gen, device=gen.device).to(x.device)
+        perm = random_permutation(d, self._rng.get(ctx)).to(x.device)
         if is_coordinatewise(self.base):
-            chunk_of = rank.div_(size, rounding_mode="floor")
+            chunk_of = chunk_labels(perm, size)
             scores = self._scores_coordinatewise(x, fb, chunk_of, -(-d // size), ctx)
         else:
-            scores = self._scores_split(x, fb, inverse_permutation(rank), size, ctx)
+            scores = self._scores_split(x, fb, perm, size, ctx)
         keep = stable_smallest(scores, n - f)
         ctx.diagnostics["kept"] = keep
         return selection_mean(x, keep)
@@ -162,23 +161,26 @@ class GAS(Aggregator):
         return dist.sum(dim=0)
 
 
-def inverse_permutation(rank: torch.Tensor) -> torch.Tensor:
-    """The permutation π with π[rank[j]] = j."""
-    return torch.empty_like(rank).scatter_(0, rank, torch.arange(rank.shape[0], device=rank.device))
+def random_permutation(d: int, gen: torch.Generator) -> torch.Tensor:
+    """``randperm(d)`` from ``gen``, as int32 when d fits (the same permutation as int64,
+    drawn in about half the time), on the generator's device."""
+    dtype = torch.int32 if d < 2**31 else torch.int64
+    return torch.randperm(d, generator=gen, device=gen.device, dtype=dtype)
+
+
+def chunk_labels(perm: torch.Tensor, size: int) -> torch.Tensor:
+    """``[d]`` int64: the chunk ⌊t / size⌋ of the position t of each coordinate in ``perm``."""
+    d = perm.shape[0]
+    labels = torch.arange(d, device=perm.device).div_(size, rounding_mode="floor")
+    return torch.empty(d, dtype=torch.int64, device=perm.device).scatter_(0, perm.long(), labels)
 
 
 def permuted_columns(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """``x[:, perm]`` as a new contiguous ``[n, d]`` tensor.
-
-    Gathered row by row on a CPU (each row's random reads then stay within one row, in
-    cache), into a buffer backed by huge pages; in one call elsewhere.
-    """
-    if x.device.type != "cpu":
-        return x.index_select(1, perm)
+    """``x[:, perm]`` as a new contiguous ``[n, d]`` tensor: one column gather, into a
+    buffer backed by huge pages on a CPU (all rows per index: the rows' random reads
+    overlap)."""
     out = empty_buffer((x.shape[0], perm.shape[0]), x.dtype, x.device)
-    for i in range(x.shape[0]):
-        torch.index_select(x[i], 0, perm, out=out[i])
-    return out
+    return torch.index_select(x, 1, perm, out=out)
 
 
 def chunk_distances(x3: torch.Tensor, a3: torch.Tensor) -> torch.Tensor:

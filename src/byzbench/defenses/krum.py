@@ -16,7 +16,7 @@ from byzbench.checks import check_bool, check_choice, check_extended_real
 from byzbench.defenses.base import AGGREGATORS, AggregationContext, Aggregator
 from byzbench.ops.distances import distance_matrix, hull_dists, pairwise_sq_dists
 from byzbench.ops.rows import mask_of
-from byzbench.ops.sortnet import sum_of_ranks
+from byzbench.ops.sortnet import smallest_sorted, sum_of_ranks
 
 #: Neighbour-count conventions: k = n − f − offset (ALGORITHMS.md §2.5, §8.4).
 NEIGHBOR_OFFSETS = {"n-f-2": 2, "n-f-1": 1, "n-f-3": 3}
@@ -59,42 +59,59 @@ def iterative_krum(dist: torch.Tensor, f: int, m: int, offset: int = 2) -> torch
 
     Scores are recomputed on the remaining rows with k = r − f − offset neighbours (r the
     number remaining, the same in every matrix of a batch; k clamped to [1, r − 1]); ties
-    go to the lowest index. Every step ranks the remaining distances of all rows of all
-    matrices at once (`krum_scores`' layout); a winner's distances are then replaced by
-    those of the last wire still in play, so each step's sorting network has one wire
-    fewer. Order statistics do not depend on the wire order, so the scores are those of
-    `krum_scores` on the remaining rows, bit for bit.
+    go to the lowest index.
+
+    Each row's distances to the others are sorted once (a sorting network over the rows
+    of all matrices at once, `krum_scores`' layout), keeping only the L = max_t (k_t + t)
+    smallest that step t can reach. Removing winner w then deletes the value D_iw from
+    row i's sorted list (`drop_value`), so the list remains the sorted distances to the
+    remaining rows, and a score is the sum of its first k entries, added in ascending
+    order as `krum_scores` adds them: the scores equal those of `krum_scores` on the
+    remaining rows.
     """
     n = dist.shape[-1]
-    wires = others_by_wire(dist).view(n, -1, n)  # [wire, matrix b, row i]
-    b = wires.shape[1]
+    ks = [neighbor_count(n - t, f, offset) for t in range(m)]
+    depth = min(max((k + t for t, k in enumerate(ks)), default=0), n - 1)
+    wires = others_by_wire(dist)  # [wire j, (matrix b, row i)] = D[b, i, j], +∞ on the diagonal
+    b = wires.shape[1] // max(n, 1)
     batch = torch.arange(b, device=dist.device)
-    wire_of = torch.arange(n, device=dist.device).repeat(b, 1)  # wire_of[b, j]: where row j's distances sit
-    row_on = wire_of.clone()  # row_on[b, w]: the row whose distances sit on wire w
+    srt = smallest_sorted(wires, depth) if depth else wires[:0]
+    spare = torch.empty_like(srt)
     removed = torch.zeros(b, n, dtype=torch.bool, device=dist.device)
     chosen = []
-    for step in range(m):
-        r = n - step
-        k = neighbor_count(r, f, offset)
-        if k:
-            scores = sum_of_ranks(wires[:r].view(r, -1), 0, k).view(b, n)
-        else:
-            scores = torch.zeros(b, n, dtype=dist.dtype, device=dist.device)
+    for step, k in enumerate(ks):
+        scores = ascending_sum(srt, k).view(b, n)
         w = scores.masked_fill_(removed, math.inf).argmin(dim=1)
         chosen.append(w)
         removed[batch, w] = True
-        _retire_wire(wires, wire_of, row_on, batch, w, r - 1)
+        if step + 1 < m and srt.shape[0] > 1:
+            srt, spare = drop_value(srt, wires.view(n, b, n)[w, batch].view(-1), spare[: srt.shape[0] - 1]), srt
     return torch.stack(chosen, dim=-1).view(*dist.shape[:-2], m)
 
 
-def _retire_wire(wires: torch.Tensor, wire_of: torch.Tensor, row_on: torch.Tensor, batch: torch.Tensor,
-                 w: torch.Tensor, last: int) -> None:
-    """Overwrite each matrix's wire of row ``w`` with its wire ``last``, which leaves play."""
-    slot = wire_of[batch, w]
-    wires[slot, batch] = wires[last, batch]
-    moved = row_on[batch, last]
-    wire_of[batch, moved] = slot
-    row_on[batch, slot] = moved
+def ascending_sum(srt: torch.Tensor, k: int) -> torch.Tensor:
+    """``srt[0] + srt[1] + … + srt[k-1]``, added in that order (zeros for k = 0)."""
+    if k == 0:
+        return torch.zeros(srt.shape[1:], dtype=srt.dtype, device=srt.device)
+    total = srt[0].clone()
+    for t in range(1, k):
+        total += srt[t]
+    return total
+
+
+def drop_value(srt: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out[L-1, C]``: each column c of the column-sorted ``srt[L, C]`` without the value
+    ``v[c]`` (its first copy; a column whose entries all lie below v loses its last).
+
+    new_t = s_t if s_t < v else s_{t+1}, computed without a branch as
+    min(s_{t+1}, max(s_t, copysign(∞, s_t − v))): s_t − v is +0 or positive exactly when
+    s_t ≥ v. min and max return one of their operands, so every entry is exact.
+    """
+    head = srt[:-1]
+    torch.sub(head, v, out=out)
+    torch.copysign(torch.tensor(math.inf, dtype=out.dtype, device=out.device), out, out=out)
+    torch.maximum(head, out, out=out)
+    return torch.minimum(srt[1:], out, out=out)
 
 
 def best_rows(scores: torch.Tensor, m: int) -> torch.Tensor:

@@ -15,9 +15,12 @@ pairwise network, 104 comparators and 184 operations (Batcher's: 113 and 202).
 A network becomes a `Program`: straight-line steps over rows (inputs, reused scratch
 rows, outputs), one element-wise operation each. `ProgramBuilder` writes them: the
 pruned network, then optionally sums of ranks in ascending order and further
-element-wise steps (subtraction, scaling by a constant), so that a rule can finish its
-work on each block of columns while the block is in cache (`statistics_sum_program`:
-order statistics and a sum of ranks in one pass; MeaMed's window).
+element-wise steps (subtraction, scaling by a constant, a 0/1 comparison, NaN-ignoring
+minimum and maximum), so that a rule can finish its work on each block of columns while
+the block is in cache (`statistics_sum_program`: order statistics and a sum of ranks in
+one pass; MeaMed's window; Bulyan's phase 2). A choice between two values without a
+branch: with g = (a > b) · ∞ (∞ or NaN), fmin(u, fmax(l, g)) is u where a > b, else l
+(for l ≤ u), exactly one of the two operands.
 
 Two backends run a program (`execute`):
 
@@ -93,7 +96,7 @@ MAX_WORKERS = 4
 COMPILE_MIN_COLUMNS = 4096
 BACKENDS = ("eager", "compile")
 
-MIN, MAX, ADD, COPY, SUB, SCALE, DIVIDE = 0, 1, 2, 3, 4, 5, 6
+MIN, MAX, ADD, COPY, SUB, SCALE, DIVIDE, GREATER, FMIN, FMAX = range(10)
 #: Steps whose second operand is one of the program's constants.
 CONSTANT_OPERAND = (SCALE, DIVIDE)
 _ENV_BACKEND = "BYZBENCH_SORTNET_BACKEND"
@@ -351,6 +354,18 @@ class ProgramBuilder:
     def sub(self, a: int, b: int, out: int | None = None) -> int:
         return self._step(SUB, a, b, out)
 
+    def greater(self, a: int, b: int, out: int | None = None) -> int:
+        """``1`` where a > b, else ``0``, in the rows' dtype."""
+        return self._step(GREATER, a, b, out)
+
+    def fmin(self, a: int, b: int, out: int | None = None) -> int:
+        """Element-wise minimum that ignores a NaN operand (the other one is returned)."""
+        return self._step(FMIN, a, b, out)
+
+    def fmax(self, a: int, b: int, out: int | None = None) -> int:
+        """Element-wise maximum that ignores a NaN operand (the other one is returned)."""
+        return self._step(FMAX, a, b, out)
+
     def scale(self, a: int, value: float, out: int | None = None) -> int:
         """``a · value`` for a Python float ``value`` (±∞ allowed: 0·∞ gives NaN)."""
         self._constants.append(float(value))
@@ -510,10 +525,21 @@ def _torch_copy(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
     out.copy_(a)
 
 
-#: Step functions by operation code (MIN, MAX, ADD, COPY, SUB, SCALE, DIVIDE), each called
-#: as ``fn(a, b, out=o)``; minimum and maximum propagate NaN.
-_NUMPY_STEPS = (np.minimum, np.maximum, np.add, _np_copy, np.subtract, np.multiply, np.divide)
-_TORCH_STEPS = (torch.minimum, torch.maximum, torch.add, _torch_copy, torch.sub, torch.mul, torch.div)
+def _np_greater(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    np.greater(a, b, out=out, casting="unsafe")
+
+
+def _torch_greater(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    torch.gt(a, b, out=out)
+
+
+#: Step functions by operation code (MIN, MAX, ADD, COPY, SUB, SCALE, DIVIDE, GREATER, FMIN,
+#: FMAX), each called as ``fn(a, b, out=o)``; minimum and maximum propagate NaN, fmin and
+#: fmax ignore it.
+_NUMPY_STEPS = (np.minimum, np.maximum, np.add, _np_copy, np.subtract, np.multiply, np.divide, _np_greater,
+                np.fmin, np.fmax)
+_TORCH_STEPS = (torch.minimum, torch.maximum, torch.add, _torch_copy, torch.sub, torch.mul, torch.div,
+                _torch_greater, torch.fmin, torch.fmax)
 
 
 def _execute(steps: tuple[Step, ...], rows: Sequence) -> None:
@@ -533,11 +559,13 @@ def _source(program: Program) -> str:
     inputs = ", ".join(f"s{i}" for i in range(n)) + ("," if n == 1 else "")
     lines = ["def network(x):", f"    {inputs} = x.unbind(0)"]
     names = {MIN: "torch.minimum", MAX: "torch.maximum", ADD: "torch.add", SUB: "torch.sub", SCALE: "torch.mul",
-             DIVIDE: "torch.div"}
+             DIVIDE: "torch.div", GREATER: "torch.gt", FMIN: "torch.fmin", FMAX: "torch.fmax"}
     rows = program.n + program.scratch + program.outputs
     lines += [f"    s{rows + q} = float('{c!r}')" for q, c in enumerate(program.constants)]
     for op, a, b, o in program.steps:
         rhs = f"s{a}" if op == COPY else f"{names[op]}(s{a}, s{b})"
+        if op == GREATER:
+            rhs += ".to(x.dtype)"
         lines.append(f"    s{o} = {rhs}")
     first = program.n + program.scratch
     lines.append(f"    return torch.stack([{', '.join(f's{first + q}' for q in range(k))}])")
@@ -674,6 +702,21 @@ def order_statistics(x: torch.Tensor, ranks: tuple[int, ...], *, backend: str | 
     return [rows[distinct.index(r)] for r in ranks]
 
 
+def smallest_sorted(x: torch.Tensor, k: int, *, backend: str | None = None,
+                    chunk: int | None = None) -> torch.Tensor:
+    """``[k, d]``: the k smallest values of each column of ``x[n, d]``, in ascending order
+    (rows = ranks 0 .. k-1 of the column sort; one network pruned to them).
+
+    See `order_statistics` for NaN, ``backend`` and ``chunk``; ``k`` must lie in [1, n].
+    """
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k = {k} outside [1, {n}]")
+    if n > MAX_NETWORK_ROWS:
+        return x.sort(dim=0).values[:k]
+    return execute(selection_program(n, tuple(range(k))), x, backend=backend, chunk=chunk)
+
+
 def sum_of_ranks(x: torch.Tensor, lo: int, hi: int, *, backend: str | None = None,
                  chunk: int | None = None) -> torch.Tensor:
     """Per-coordinate sum of the sorted values of ranks ``lo .. hi-1`` of ``x[n, d]``.
@@ -728,6 +771,7 @@ __all__ = [
     "selection_network",
     "selection_program",
     "set_default_backend",
+    "smallest_sorted",
     "statistics_sum_program",
     "sum_of_ranks",
     "use_backend",
