@@ -229,3 +229,25 @@ def test_window_program_hand_example_and_huge_values():
     huge = torch.tensor([[-3e38], [3e38], [3e38], [-3e38], [1.0]])
     out = closest_to_median_mean(huge, 3)
     assert out.item() == pytest.approx(-2e38, rel=1e-6)
+
+
+@pytest.mark.parametrize("spec", ["bulyan", "bulyan(median_mode=lower)", "bulyan(selection_mode=one_shot)"])
+def test_bulyan_chunk_scores_equal_distances_to_its_batched_outputs(monkeypatch, spec):
+    from byzbench.defenses import Defense
+    from byzbench.defenses import bulyan as bulyan_module
+    from byzbench.ops.distances import chunk_distances
+
+    rule = Defense.from_spec(spec).aggregator
+    x3 = torch.randn(11, 7, 5, generator=gen(3)).transpose(0, 1)  # GAS's layout: 7 chunks of 5
+    want = chunk_distances(x3, rule.aggregate_chunks(x3, 2, AggregationContext()))
+    assert torch.equal(rule.chunk_scores(x3, 2, AggregationContext()), want)
+    monkeypatch.setattr(bulyan_module, "PHASE2_COLUMNS", 10)  # blocks of 2 chunks, the last of 1
+    assert torch.equal(rule.chunk_scores(x3, 2, AggregationContext()), want)
+
+
+def test_bulyan_chunk_scores_only_for_krum_selection_and_trimmed_phase_2():
+    from byzbench.defenses import Defense
+
+    x3 = torch.randn(3, 11, 4, generator=gen(1))
+    for spec in ("bulyan(selection=mean)", "bulyan(aggregation=median)"):
+        assert Defense.from_spec(spec).aggregator.chunk_scores(x3, 2, AggregationContext()) is None

@@ -22,7 +22,7 @@ from byzbench.defenses.krum import (
 from byzbench.defenses.mean import Mean
 from byzbench.defenses.rfa import RFA, weiszfeld
 from byzbench.errors import InfeasibleError, ParamError
-from byzbench.ops.distances import dists_to, hull_dists, scaled_sq_dists
+from byzbench.ops.distances import chunk_distances, dists_to, hull_dists, scaled_sq_dists
 from byzbench.ops.rng import LocalGenerator
 from byzbench.ops.rows import mask_of, uniform_weights, weighted_rows
 from byzbench.ops.sortnet import MAX_NETWORK_ROWS, Program, ProgramBuilder, execute
@@ -30,6 +30,9 @@ from byzbench.ops.sortnet import MAX_NETWORK_ROWS, Program, ProgramBuilder, exec
 SELECTION_MODES = ("iterative", "one_shot")
 MEDIAN_MODES = ("midpoint", "lower")
 TRIMMED = "trimmed"
+#: Coordinates per block of `Bulyan.chunk_scores` on a CPU (phase 2, then the distances,
+#: while the block is in cache).
+PHASE2_COLUMNS = 1 << 14
 
 
 def inner_f(rule: Aggregator, n: int, f: int, owner: str) -> int:
@@ -146,7 +149,9 @@ class Bulyan(Aggregator):
     Randomised inner rules draw from ``ctx.generator`` (else the rule's own, seeded 0).
     ``aggregate_chunks(x3[m, n, s], f, ctx)`` runs the rule on m chunks at once, as GAS
     uses it: with Krum selection, batched distance matrices, θ batched selection steps and
-    one phase 2 over all chunks; other selection rules go chunk by chunk.
+    one phase 2 over all chunks; other selection rules go chunk by chunk. With Krum
+    selection and the trimmed phase 2, ``chunk_scores`` gives GAS the distances from
+    every row of each chunk to the rule's output on it, block by block.
     """
 
     requirement = "n ≥ 4f + 3"
@@ -188,6 +193,26 @@ class Bulyan(Aggregator):
                                 for q in range(x3.shape[0])])
         chosen = self.select(x3, f, inner)
         return self._combine(chunk_rows(x3, chosen), x3, chosen, f, inner)
+
+    def chunk_scores(self, x3: torch.Tensor, f: int, ctx: AggregationContext) -> torch.Tensor | None:
+        """``[m, n]`` float64 ℓ2 distances ‖x3[q, i] − a_q‖, a_q the rule on chunk ``x3[q]``, or
+        None unless the selection is Krum and the aggregation the trimmed phase 2.
+
+        The outputs are never stored: phase 2 and the distances run on blocks of chunks of
+        about `PHASE2_COLUMNS` coordinates (the whole width off CPUs), each block's rows
+        still in cache for the distances.
+        """
+        if type(self.selection_rule) is not Krum or self.aggregation_rule is not None:
+            return None
+        m, n, s = x3.shape
+        chosen = self.select(x3, f, self._inner(ctx))
+        group = m if x3.device.type != "cpu" else max(1, PHASE2_COLUMNS // max(s, 1))
+        out = torch.empty(m, n, dtype=torch.float64, device=x3.device)
+        for q in range(0, m, group):
+            rows = chunk_rows(x3, chosen[q : q + group], q)
+            a = closest_to_median_mean(rows.reshape(rows.shape[0], -1), rows.shape[0] - 2 * f, self.median_mode)
+            out[q : q + group] = chunk_distances(x3[q : q + group], a.view(-1, s))
+        return out
 
     # ------------------------------------------------------------------ aggregation phase
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from byzbench.checks import check_int, check_rule
 from byzbench.defenses.base import AGGREGATORS, AggregationContext, Aggregator
+from byzbench.ops.distances import chunk_distances
 from byzbench.ops.rng import LocalGenerator
 from byzbench.ops.rows import (
     BLOCK,
@@ -18,10 +19,6 @@ from byzbench.ops.rows import (
     stable_smallest,
     work_dtype,
 )
-
-#: Most elements of one block of chunk differences when scoring the split path.
-SCORE_ELEMENTS = 1 << 20
-
 
 def sub_context(ctx: AggregationContext, cols: Any = None) -> AggregationContext:
     """A context for an inner rule: same round and generator, its own diagnostics.
@@ -73,11 +70,12 @@ class GAS(Aggregator):
     ``aggregate_chunks(x3[m, n, s], f, ctx) -> [m, s]`` (Krum, Multi-Krum, Bulyan) gets
     all equal-size chunks as one ``[m, n, s]`` view in one batched call; the uneven last
     chunk, and every chunk of a base without the hook, goes to ``aggregate``. If the base
-    also offers ``chunk_scores(x3, f, ctx) -> [m, n] | None`` (ℓ2 Krum and Multi-Krum:
-    the distances to each chunk's output follow from the chunk Gram matrices the rule
-    computes anyway), GAS takes the distances from it instead of measuring them on the
-    chunks; their rounding is then that of the Gram matrices (in float32, relative error
-    about 1e-6 · ‖x‖² / ‖x_i − a_q‖² rather than 1e-7). An inner rule that needs the
+    also offers ``chunk_scores(x3, f, ctx) -> [m, n] | None``, GAS takes the distances
+    from it instead of measuring them on the chunks: ℓ2 Krum and Multi-Krum derive them
+    from the chunk Gram matrices they compute anyway (their rounding is then that of the
+    Gram matrices: in float32, relative error about 1e-6 · ‖x‖² / ‖x_i − a_q‖² rather
+    than 1e-7); Bulyan measures them block by block right after its phase 2, while the
+    block's rows are still in cache. An inner rule that needs the
     server gradient gets it restricted to its chunk. Requires what the base requires
     (and n > f). Reports ``kept``.
     """
@@ -181,15 +179,3 @@ def permuted_columns(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     overlap)."""
     out = empty_buffer((x.shape[0], perm.shape[0]), x.dtype, x.device)
     return torch.index_select(x, 1, perm, out=out)
-
-
-def chunk_distances(x3: torch.Tensor, a3: torch.Tensor) -> torch.Tensor:
-    """``[m, n]`` float64 ℓ2 distances ‖x3[q, i] − a3[q]‖ for ``x3[m, n, s]`` and ``a3[m, s]``,
-    over groups of chunks that keep each difference block in cache (overflow-safe)."""
-    m, n, s = x3.shape
-    a3 = a3.to(x3.dtype)
-    group = max(1, SCORE_ELEMENTS // max(n * s, 1))
-    out = torch.empty(m, n, dtype=torch.float64, device=x3.device)
-    for q in range(0, m, group):
-        out[q : q + group] = safe_norms(x3[q : q + group] - a3[q : q + group].unsqueeze(1), dim=2)
-    return out

@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from byzbench.ops.rows import BLOCK, work_dtype
+from byzbench.ops.rows import BLOCK, safe_norms, work_dtype
 
 #: Coordinates per block of the ℓp pair computation (p ≠ 2).
 LP_BLOCK = 2048
@@ -38,6 +38,8 @@ LP_BLOCK = 2048
 LP_ELEMENTS = 1 << 20
 #: Width of the column blocks of the Gram product (see `gram`).
 GRAM_COLUMNS = 16
+#: Most elements of one block of chunk differences in `chunk_distances`.
+SCORE_ELEMENTS = 1 << 20
 
 
 # --------------------------------------------------------------------------- ℓ2 by the Gram matrix
@@ -296,6 +298,18 @@ def dists_to(x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
     return _blocked_sq_dists(y / scale, z / scale, torch.float64).sqrt_().mul_(scale)
 
 
+def chunk_distances(x3: torch.Tensor, a3: torch.Tensor) -> torch.Tensor:
+    """``[m, n]`` float64 ℓ2 distances ‖x3[q, i] − a3[q]‖ for ``x3[m, n, s]`` and ``a3[m, s]``,
+    over groups of chunks that keep each difference block in cache (overflow-safe)."""
+    m, n, s = x3.shape
+    a3 = a3.to(x3.dtype)
+    group = max(1, SCORE_ELEMENTS // max(n * s, 1))
+    out = torch.empty(m, n, dtype=torch.float64, device=x3.device)
+    for q in range(0, m, group):
+        out[q : q + group] = safe_norms(x3[q : q + group] - a3[q : q + group].unsqueeze(1), dim=2)
+    return out
+
+
 def _blocked_sq_dists(x: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     n, d = x.shape
     out = torch.zeros(n, dtype=torch.float64, device=x.device)
@@ -307,6 +321,7 @@ def _blocked_sq_dists(x: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> t
 
 __all__ = [
     "LP_BLOCK",
+    "chunk_distances",
     "distance_matrix",
     "dists_to",
     "gram",
