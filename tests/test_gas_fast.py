@@ -251,3 +251,25 @@ def test_bulyan_chunk_scores_only_for_krum_selection_and_trimmed_phase_2():
     x3 = torch.randn(3, 11, 4, generator=gen(1))
     for spec in ("bulyan(selection=mean)", "bulyan(aggregation=median)"):
         assert Defense.from_spec(spec).aggregator.chunk_scores(x3, 2, AggregationContext()) is None
+
+
+def test_window_program_torch_steps_agree_with_numpy_steps():
+    # float16 runs torch's operations, float32 NumPy's; quarters divided by β = 4 stay exact
+    rows = (torch.randint(-8, 9, (10, 40), generator=gen(4)) / 4).to(torch.float16)
+    for mode in ("midpoint", "lower"):
+        want = closest_to_median_mean(rows.float(), 4, mode)
+        assert torch.equal(closest_to_median_mean(rows, 4, mode).float(), want)
+
+
+def test_permuted_columns_split_among_threads_is_the_plain_gather():
+    from byzbench.defenses.gas import permuted_columns, random_permutation
+
+    x = torch.randn(7, 300, generator=gen(2))
+    perm = random_permutation(300, gen(3))
+    threads = torch.get_num_threads()
+    try:
+        for k in (1, 3):
+            torch.set_num_threads(k)
+            assert torch.equal(permuted_columns(x, perm), x[:, perm.long()])
+    finally:
+        torch.set_num_threads(threads)

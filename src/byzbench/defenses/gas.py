@@ -11,6 +11,7 @@ from byzbench.checks import check_int, check_rule
 from byzbench.defenses.base import AGGREGATORS, AggregationContext, Aggregator
 from byzbench.ops.distances import chunk_distances
 from byzbench.ops.rng import LocalGenerator
+from byzbench.ops.sortnet import in_threads
 from byzbench.ops.rows import (
     BLOCK,
     empty_buffer,
@@ -174,8 +175,13 @@ def chunk_labels(perm: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def permuted_columns(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """``x[:, perm]`` as a new contiguous ``[n, d]`` tensor: one column gather, into a
-    buffer backed by huge pages on a CPU (all rows per index: the rows' random reads
-    overlap)."""
-    out = empty_buffer((x.shape[0], perm.shape[0]), x.dtype, x.device)
-    return torch.index_select(x, 1, perm, out=out)
+    """``x[:, perm]`` as a new contiguous ``[n, d]`` tensor: a column gather (all rows per
+    index, so that the rows' random reads overlap) into a buffer backed by huge pages on a
+    CPU. torch runs it on one thread: with several torch threads, the rows are split among
+    as many Python threads."""
+    n = x.shape[0]
+    out = empty_buffer((n, perm.shape[0]), x.dtype, x.device)
+    parts = 1 if x.device.type != "cpu" else max(1, min(torch.get_num_threads(), n))
+    runs = [range(n * k // parts, n * (k + 1) // parts) for k in range(parts)]
+    in_threads(lambda r: torch.index_select(x[r.start : r.stop], 1, perm, out=out[r.start : r.stop]), runs)
+    return out

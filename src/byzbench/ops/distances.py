@@ -300,13 +300,15 @@ def dists_to(x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
 
 def chunk_distances(x3: torch.Tensor, a3: torch.Tensor) -> torch.Tensor:
     """``[m, n]`` float64 ℓ2 distances ‖x3[q, i] − a3[q]‖ for ``x3[m, n, s]`` and ``a3[m, s]``,
-    over groups of chunks that keep each difference block in cache (overflow-safe)."""
+    over groups of chunks whose differences fill one reused buffer in cache (overflow-safe)."""
     m, n, s = x3.shape
     a3 = a3.to(x3.dtype)
     group = max(1, SCORE_ELEMENTS // max(n * s, 1))
     out = torch.empty(m, n, dtype=torch.float64, device=x3.device)
+    buf = torch.empty(min(group, m), n, s, dtype=x3.dtype, device=x3.device)
     for q in range(0, m, group):
-        out[q : q + group] = safe_norms(x3[q : q + group] - a3[q : q + group].unsqueeze(1), dim=2)
+        diff = torch.sub(x3[q : q + group], a3[q : q + group].unsqueeze(1), out=buf[: min(group, m - q)])
+        out[q : q + group] = safe_norms(diff, dim=2)
     return out
 
 

@@ -475,7 +475,7 @@ def run_program(program: Program, x: torch.Tensor, chunk: int | None = None,
     starts = range(0, d, c)
     k = workers or block_workers(len(starts), x.device)
     runs = [starts[len(starts) * i // k: len(starts) * (i + 1) // k] for i in range(k)]
-    _in_threads(lambda run: _run_blocks(program, x, out, run, c), [r for r in runs if len(r)])
+    in_threads(lambda run: _run_blocks(program, x, out, run, c), [r for r in runs if len(r)])
     return out
 
 
@@ -497,8 +497,9 @@ def _run_blocks(program: Program, x: torch.Tensor, out: torch.Tensor, starts: ra
             _execute(program.steps, rows)
 
 
-def _in_threads(fn: Callable[[range], None], runs: list[range]) -> None:
-    """``fn(run)`` for every run: the first in this thread, the others in new threads."""
+def in_threads(fn: Callable[[range], None], runs: list[range]) -> None:
+    """``fn(run)`` for every run: the first in this thread, the others in new threads (for
+    torch or NumPy work that releases the GIL); the first exception is re-raised."""
     errors: list[BaseException] = []
 
     def guarded(run: range) -> None:
@@ -760,6 +761,7 @@ __all__ = [
     "check_backend",
     "default_backend",
     "execute",
+    "in_threads",
     "merge_exchange_network",
     "network_function",
     "order_statistics",
