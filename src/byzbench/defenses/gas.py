@@ -67,7 +67,7 @@ class GAS(Aggregator):
     ``coordinatewise`` attribute) commutes with the split, so it runs once on all of X
     and the chunk distances are accumulated block by block, with no copy of X. Any other
     base runs on the chunks of a permuted copy of X (one column gather, `permuted_columns`,
-    the costliest step on a CPU: about 13 reads of X). A base that offers
+    the costliest step on a CPU: 10–15 reads of X on one core). A base that offers
     ``aggregate_chunks(x3[m, n, s], f, ctx) -> [m, s]`` (Krum, Multi-Krum, Bulyan) gets
     all equal-size chunks as one ``[m, n, s]`` view in one batched call; the uneven last
     chunk, and every chunk of a base without the hook, goes to ``aggregate``. If the base
