@@ -44,7 +44,7 @@ def test_strategies_match_plain_per_client_reference(name, params, shape):
     y = torch.randint(0, 10, (n * batch,), generator=gen)
     expected = reference_grads(model, x, y, n)
     strategies = ["vmap", "loop"] + (["fused"] if fused_supported(model) else [])
-    assert ("fused" in strategies) == (name != "cnn")
+    assert "fused" in strategies  # Linear and Conv2d layers with per-sample layers between
     for strategy in strategies:
         out = torch.full((n, layout.dim), float("nan"))
         losses = ClientGradients(model, layout, n, strategy)(x, y, out)
@@ -58,14 +58,21 @@ def test_auto_strategy_choice():
     conv = build_model("cnn", {}, (1, 8, 8), 10, seed=0)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert choose_strategy("auto", dense, cpu) == "fused"
-    assert choose_strategy("auto", conv, cpu) == "loop"
-    assert choose_strategy("auto", conv, cuda) == "vmap"
+    assert choose_strategy("auto", conv, cpu) == "fused"
+    assert choose_strategy("auto", conv, cuda) == "vmap"  # conv models on a GPU: vmap
+    assert choose_strategy("auto", dense, cuda) == "fused"
     assert choose_strategy("vmap", dense, cpu) == "vmap"
     from byzbench.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="fused") as err:
-        choose_strategy("fused", conv, cpu)
-    assert err.value.key == "strategy"
+    normed = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(),
+                                 torch.nn.Linear(72, 10))
+    reflect = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"),
+                                  torch.nn.Flatten(), torch.nn.Linear(128, 10))
+    for model in (normed, reflect):
+        assert choose_strategy("auto", model, cpu) == "loop"
+        with pytest.raises(ConfigError, match="fused") as err:
+            choose_strategy("fused", model, cpu)
+        assert err.value.key == "strategy"
 
 
 def test_bind_flat_shares_storage():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from byzbench.models import bind_flat
-from byzbench.sim.fused import FeatureMajorMLP, HookedLinear, feature_major_supported
+from byzbench.sim.fused import FeatureMajorMLP, HookedLayers, feature_major_supported
 from helpers import reference_grads
 
 N, BATCH, IN, CLASSES = 6, 5, 12, 4
@@ -46,7 +46,7 @@ def per_client_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tor
 
 
 @pytest.mark.parametrize("name", sorted(FLAT))
-@pytest.mark.parametrize("impl", [FeatureMajorMLP, HookedLinear])
+@pytest.mark.parametrize("impl", [FeatureMajorMLP, HookedLayers])
 def test_both_implementations_match_the_per_client_reference(name, impl):
     model = FLAT[name]()
     assert feature_major_supported(model)
@@ -79,7 +79,7 @@ def test_hooked_path_on_a_nested_model_matches_the_reference():
     x, y = data(1)
     x = x.reshape(N * BATCH, IN)
     out = torch.empty(N, layout.dim)
-    HookedLinear(model, layout, N)(x, y, out)
+    HookedLayers(model, layout, N)(x, y, out)
     assert (out - reference_grads(model, x, y, N)).abs().max() <= 1e-5
 
 
@@ -153,3 +153,25 @@ def test_a_stack_without_flatten_leaves_multi_axis_samples_to_the_model():
     out = torch.empty(N, layout.dim)
     FeatureMajorMLP(model, layout, N)(flat, y, out)
     assert (out - reference_grads(model, flat, y, N)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("conv", [
+    dict(in_channels=2, out_channels=4, kernel_size=3),
+    dict(in_channels=2, out_channels=4, kernel_size=3, stride=2, padding=1, bias=False),
+    dict(in_channels=4, out_channels=6, kernel_size=(2, 3), dilation=(1, 2), padding=(1, 0), groups=2),
+])
+def test_convolutions_match_the_per_client_reference(conv):
+    """Per-client Conv2d gradients from one grouped weight-gradient convolution (clients
+    as groups), with strides, padding, dilation, layer groups and no bias."""
+    torch.manual_seed(8)
+    layer = nn.Conv2d(**conv)
+    model = nn.Sequential(layer, nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True), nn.Flatten(), nn.LazyLinear(CLASSES))
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(N * BATCH, conv["in_channels"], 9, 10, generator=gen)
+    y = torch.randint(0, CLASSES, (N * BATCH,), generator=gen)
+    model(x)  # materialise the lazy layer
+    _, layout = bind_flat(model)
+    out = torch.full((N, layout.dim), float("nan"))
+    losses = HookedLayers(model, layout, N)(x, y, out)
+    assert (out - reference_grads(model, x, y, N)).abs().max() <= 1e-5
+    assert torch.allclose(losses, per_client_losses(model, x, y), atol=1e-6)

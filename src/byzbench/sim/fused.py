@@ -1,13 +1,15 @@
 """The ``fused`` client-gradient strategy: one pass over all n·B samples, per-client sums.
 
-For a model whose parameters all live in ``nn.Linear`` layers, client c's gradient of its
-mean cross-entropy over its B samples is, per layer with input rows a_s and output
-gradients δ_s = ∂ℓ_s/∂z_s of its samples s ∈ c,
+For a model whose parameters all live in ``nn.Linear`` (and ``nn.Conv2d``) layers, client
+c's gradient of its mean cross-entropy over its B samples is, per layer with input rows
+a_s and output gradients δ_s = ∂ℓ_s/∂z_s of its samples s ∈ c,
 
     ∇W = (1/B) Σ_{s∈c} δ_s a_sᵀ = (1/B) δ_cᵀ a_c,      ∇b = (1/B) Σ_{s∈c} δ_s,
 
-so one forward and one backward pass over the whole batch give every δ_s and a_s, and one
-batched matmul per layer sums them per client (the per-example gradient trick).
+(for a convolution, the same sum of each sample's weight gradient), so one forward and
+one backward pass over the whole batch give every δ_s and a_s, and one batched matmul —
+or one grouped convolution with the clients as groups — per layer sums them per client
+(the per-example gradient trick).
 
 Two implementations:
 
@@ -18,9 +20,9 @@ Two implementations:
   and its gradient are computed directly (softmax − one-hot, reduced over the short class
   dimension in contiguous rows), and backpropagation is written out with the activations'
   own backward kernels: no autograd graph is built.
-- `HookedLinear` (any other Linear-only model, e.g. with nested containers or a
-  LogSoftmax layer): the model's own forward with hooks that capture each layer's input
-  and output, and autograd for the δ's.
+- `HookedLayers` (any other such model, e.g. CNNs, nested containers, a LogSoftmax
+  layer): the model's own forward with hooks that capture each layer's input and
+  output, and autograd for the δ's.
 """
 
 from __future__ import annotations
@@ -113,13 +115,13 @@ class FeatureMajorMLP:
             (m, _slots(model, layout, m) if type(m) is nn.Linear else _elementwise_backward(m))
             for m in model if not isinstance(m, nn.Flatten)
         ]
-        self._hooked: HookedLinear | None = None
+        self._hooked: HookedLayers | None = None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Fill ``out[n, d]``; return the ``[n]`` per-client mean losses."""
         if x.dim() != 2 and not self.flattens:
             # nn.Linear would act on the last axis of each sample: leave that to the model.
-            self._hooked = self._hooked or HookedLinear(self.model, self.layout, self.n)
+            self._hooked = self._hooked or HookedLayers(self.model, self.layout, self.n)
             return self._hooked(x, y, out)
         nb = x.shape[0]
         with torch.no_grad():
@@ -184,16 +186,43 @@ def _cross_entropy_t(z_t: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[to
     return losses, delta.div_(batch)
 
 
-class HookedLinear:
-    """Per-client gradients of any Linear-only model through its own forward: hooks capture
-    each Linear's input a and output z, autograd gives δ = ∂(Σ_s ℓ_s / B)/∂z."""
+def _client_conv_grads(m: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor, n: int,
+                       out_w: torch.Tensor, out_b: torch.Tensor | None) -> None:
+    """Per-client weight and bias gradients of a Conv2d from its inputs ``a[n·B, C, H, W]``
+    and output gradients ``δ[n·B, O, H', W']``, summed over each client's B samples.
+
+    The clients become groups: with the batch laid out ``[B, n·C, H, W]`` and
+    ``[B, n·O, H', W']``, the weight gradient of one convolution with n·g groups (g the
+    layer's own groups) is the n clients' gradients side by side, ``[n·O, C/g, kh, kw]``.
+    """
+    batch = a.shape[0] // n
+    c, h, w = a.shape[1:]
+    o, ho, wo = delta.shape[1:]
+    a_g = a.view(n, batch, c, h, w).transpose(0, 1).reshape(batch, n * c, h, w)
+    d_g = delta.reshape(n, batch, o, ho, wo).transpose(0, 1).reshape(batch, n * o, ho, wo)
+    weight = m.weight.detach().repeat(n, 1, 1, 1)  # the grouped layer's weight shape
+    _, grad_w, _ = torch.ops.aten.convolution_backward(
+        d_g, a_g, weight, None, m.stride, m.padding, m.dilation, False, [0, 0], n * m.groups,
+        [False, True, False])
+    out_w.copy_(grad_w.view(n, -1))
+    if out_b is not None:
+        out_b.copy_(delta.reshape(n, batch, o, -1).sum(dim=(1, 3)))
+
+
+class HookedLayers:
+    """Per-client gradients of any model whose parameters all sit in Linear and Conv2d
+    layers, through its own forward: hooks capture each layer's input a and output z,
+    autograd gives δ = ∂(Σ_s ℓ_s / B)/∂z, and each layer sums δ_s ⊗ a_s per client (one
+    batched matmul for a Linear, one grouped weight-gradient convolution for a Conv2d)."""
+
+    LAYERS = (nn.Linear, nn.Conv2d)
 
     def __init__(self, model: nn.Module, layout: ParamLayout, n: int) -> None:
         self.model, self.n = model, n
-        self._linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        self._slots = [_slots(model, layout, m) for m in self._linears]
+        self._layers = [m for m in model.modules() if isinstance(m, self.LAYERS)]
+        self._slots = [_slots(model, layout, m) for m in self._layers]
         self._captured: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for m in self._linears:
+        for m in self._layers:
             m.register_forward_hook(self._capture)
 
     def _capture(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -206,13 +235,17 @@ class HookedLinear:
         self._captured.clear()
         per_sample = F.cross_entropy(self.model(x), y, reduction="none")
         captured, self._captured = self._captured, []
-        if len(captured) != len(self._linears):
-            raise RuntimeError("fused strategy: a Linear layer ran more than once per forward")
+        if len(captured) != len(self._layers):
+            raise RuntimeError("fused strategy: a layer with parameters ran more than once per forward")
         batch = per_sample.shape[0] // n
         deltas = torch.autograd.grad(per_sample.sum() / batch, [o for _, o in captured])
-        for (a, _), delta, (m, (ws, bs)) in zip(captured, deltas, zip(self._linears, self._slots)):
+        for (a, _), delta, m, (ws, bs) in zip(captured, deltas, self._layers, self._slots):
+            a = a.detach()
+            if isinstance(m, nn.Conv2d):
+                _client_conv_grads(m, a, delta, n, out[:, ws], None if bs is None else out[:, bs])
+                continue
             delta_t = delta.reshape(-1, m.out_features).t()
-            _client_weight_grads(delta_t, a.detach().reshape(n, -1, m.in_features),
+            _client_weight_grads(delta_t, a.reshape(n, -1, m.in_features),
                                  out[:, ws].view(n, m.out_features, m.in_features))
             if bs is not None:
                 torch.sum(delta.reshape(n, -1, m.out_features), dim=1, out=out[:, bs])
