@@ -121,11 +121,20 @@ def test_alie_does_not_modify_honest_rows():
 
 
 @pytest.mark.parametrize("ddof", [0, 1])
-def test_mean_std_matches_torch(ddof):
-    x = torch.randn(9, 13, dtype=F64, generator=torch.Generator().manual_seed(ddof))
+@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d", [13, 40_000])  # one block, and several with a partial last one
+def test_mean_std_matches_torch(ddof, dtype, d):
+    x = (torch.randn(9, d, dtype=F64, generator=torch.Generator().manual_seed(ddof)) * 3 + 5).to(dtype)
     mu, sd = mean_std(x, ddof)
-    torch.testing.assert_close(mu, x.mean(0))
-    torch.testing.assert_close(sd, x.std(0, correction=ddof))
+    assert mu.dtype == sd.dtype == dtype
+    tol = {F64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    torch.testing.assert_close(mu, x.double().mean(0).to(dtype), rtol=tol, atol=tol)
+    torch.testing.assert_close(sd, x.double().std(0, correction=ddof).to(dtype), rtol=tol, atol=tol)
+
+
+def test_mean_std_of_one_row_with_ddof_one_is_zero():
+    mu, sd = mean_std(torch.tensor([[1.0, -2.0]]), 1)
+    assert mu.tolist() == [1.0, -2.0] and sd.tolist() == [0.0, 0.0]
 
 
 # --------------------------------------------------------------------------- IPM
