@@ -42,7 +42,9 @@ class CAF(Aggregator):
     ``ctx.generator``, with λ estimated as ‖Σ_c v‖, as LPD-EPFL ByzFL does with k = 1;
     ``tau_max`` — ``"active"`` (default: max over rows of positive weight, the filter of
     robust statistics) or ``"all"`` (max over all rows, as ByzFL; a zero-weight row may
-    then hold the max, steps need not zero a row, so the loop is capped at 100·n steps).
+    then hold the max, steps need not zero a row, so the loop is capped at 100·n steps;
+    its many partial steps make the output discontinuous at near-ties: there, another row
+    order or a shift of the inputs can change float64 rounding enough to flip a step).
     Requires n > 2f. Reports ``kept`` (rows of positive weight in the returned mean) and
     ``max_eigenvalue`` (its λ).
     """
