@@ -175,3 +175,24 @@ def test_convolutions_match_the_per_client_reference(conv):
     losses = HookedLayers(model, layout, N)(x, y, out)
     assert (out - reference_grads(model, x, y, N)).abs().max() <= 1e-5
     assert torch.allclose(losses, per_client_losses(model, x, y), atol=1e-6)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_weight_gradients_written_directly_or_through_a_temporary_agree(direct, monkeypatch):
+    """Both ways of placing the per-client products in the [n, d] rows (bmm into the
+    strided rows with one thread, a temporary and a copy otherwise) give the reference."""
+    import byzbench.sim.fused as fused
+
+    monkeypatch.setattr(fused, "DIRECT_BMM_MIN", 0 if direct else 10**12)
+    monkeypatch.setattr(fused, "DIRECT_BMM_MIN_THREADED", 0 if direct else 10**12)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = FLAT["relu"]()
+        _, layout = bind_flat(model)
+        x, y = data(6)
+        out = torch.full((N, layout.dim), float("nan"))
+        FeatureMajorMLP(model, layout, N)(x, y, out)
+    finally:
+        torch.set_num_threads(threads)
+    assert (out - reference_grads(model, x, y, N)).abs().max() <= 1e-5
