@@ -40,6 +40,20 @@ def data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def flat_data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`data` with each sample as one row of IN features."""
+    x, y = data(seed)
+    return x.reshape(N * BATCH, IN), y
+
+
+def reference_error(impl: type, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Largest |difference| between ``impl``'s per-client gradients and the plain loop's."""
+    _, layout = bind_flat(model)
+    out = torch.full((N, layout.dim), float("nan"))
+    impl(model, layout, N)(x, y, out)
+    return float((out - reference_grads(model, x, y, N)).abs().max())
+
+
 def per_client_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.stack([F.cross_entropy(model(xc), yc) for xc, yc in
                         zip(x.view(N, -1, *x.shape[1:]), y.view(N, -1))]).detach()
@@ -75,12 +89,7 @@ def test_other_linear_models_take_the_hooked_path(model, reason):
 def test_hooked_path_on_a_nested_model_matches_the_reference():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(IN, 5), nn.Sequential(nn.Softplus(), nn.Linear(5, CLASSES)))
-    _, layout = bind_flat(model)
-    x, y = data(1)
-    x = x.reshape(N * BATCH, IN)
-    out = torch.empty(N, layout.dim)
-    HookedLayers(model, layout, N)(x, y, out)
-    assert (out - reference_grads(model, x, y, N)).abs().max() <= 1e-5
+    assert reference_error(HookedLayers, model, *flat_data(1)) <= 1e-5
 
 
 def test_dropout_mask_is_applied_in_forward_and_backward():
@@ -89,8 +98,7 @@ def test_dropout_mask_is_applied_in_forward_and_backward():
     p, hidden = 0.4, 9
     model = stack(nn.Linear(IN, hidden), nn.ReLU(), nn.Dropout(p), nn.Linear(hidden, CLASSES)).train()
     _, layout = bind_flat(model)
-    x, y = data(2)
-    x = x.reshape(N * BATCH, IN)
+    x, y = flat_data(2)
     out = torch.empty(N, layout.dim)
     torch.manual_seed(11)
     losses = FeatureMajorMLP(model, layout, N)(x, y, out)
@@ -112,12 +120,7 @@ def test_dropout_mask_is_applied_in_forward_and_backward():
 
 def test_dropout_in_eval_mode_is_the_identity():
     model = stack(nn.Linear(IN, 9), nn.Dropout(0.9), nn.ReLU(), nn.Linear(9, CLASSES)).eval()
-    _, layout = bind_flat(model)
-    x, y = data(3)
-    x = x.reshape(N * BATCH, IN)
-    out = torch.empty(N, layout.dim)
-    FeatureMajorMLP(model, layout, N)(x, y, out)
-    assert (out - reference_grads(model, x, y, N)).abs().max() <= 1e-5
+    assert reference_error(FeatureMajorMLP, model, *flat_data(3)) <= 1e-5
 
 
 def test_extreme_logits_give_finite_gradients_and_the_exact_loss():
@@ -126,8 +129,7 @@ def test_extreme_logits_give_finite_gradients_and_the_exact_loss():
     with torch.no_grad():
         model[0].weight.mul_(3e3)
     _, layout = bind_flat(model)
-    x, y = data(4)
-    x = x.reshape(N * BATCH, IN)
+    x, y = flat_data(4)
     out = torch.empty(N, layout.dim)
     losses = FeatureMajorMLP(model, layout, N)(x, y, out)
     assert torch.isfinite(out).all() and torch.isfinite(losses).all()
@@ -188,11 +190,6 @@ def test_weight_gradients_written_directly_or_through_a_temporary_agree(direct, 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = FLAT["relu"]()
-        _, layout = bind_flat(model)
-        x, y = data(6)
-        out = torch.full((N, layout.dim), float("nan"))
-        FeatureMajorMLP(model, layout, N)(x, y, out)
+        assert reference_error(FeatureMajorMLP, FLAT["relu"](), *data(6)) <= 1e-5
     finally:
         torch.set_num_threads(threads)
-    assert (out - reference_grads(model, x, y, N)).abs().max() <= 1e-5
