@@ -47,6 +47,7 @@ from byzbench.ops.gram import (
 )
 from byzbench.ops.rng import LocalGenerator
 from byzbench.ops.rows import (
+    column_sum,
     empty_buffer,
     mask_of,
     safe_norms,
@@ -377,3 +378,15 @@ def test_check_rule_builds_one_aggregator_or_names_the_parameter():
         assert exc.value.param == "base"
     with pytest.raises(ParamError, match="must be an aggregator spec"):
         check_rule(rule, "base", allow_instance=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_column_sum_is_the_sum_over_rows(dtype):
+    x = torch.randn(7, 300, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(dtype)
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(column_sum(x).double(), x.double().sum(dim=0), rtol=tol, atol=tol)
+    assert column_sum(x[:0]).tolist() == [0.0] * 300  # no rows: zeros
+    bad = x.clone()
+    bad[3, 5], bad[1, 7] = float("nan"), float("inf")
+    out = column_sum(bad)
+    assert out[5].isnan() and out[7] == float("inf") and out.isfinite().sum() == 298

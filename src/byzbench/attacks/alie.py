@@ -7,6 +7,7 @@ import math
 import torch
 
 from byzbench.attacks.base import ATTACKS, Attack, AttackerView, broadcast_rows
+from byzbench.ops.rows import column_sum
 
 ZMAX_MODES = ("standard", "paper_alt")
 
@@ -75,12 +76,7 @@ def mean_std(x: torch.Tensor, ddof: int = 1) -> tuple[torch.Tensor, torch.Tensor
     dim 0 (the two-pass formula keeps the accuracy of ``torch.std``).
     """
     h, d = x.shape
-    if x.dtype not in (torch.float32, torch.float64):
-        mu = x.mean(dim=0)
-        if h - ddof <= 0:
-            return mu, torch.zeros_like(mu)
-        return mu, (x - mu).square_().sum(dim=0).div_(h - ddof).sqrt_()
-    mu = torch.mv(x.t(), x.new_full((h,), 1.0 / h))
+    mu = column_sum(x).div_(h)
     if h - ddof <= 0:
         return mu, torch.zeros_like(mu)
     var = torch.empty_like(mu)

@@ -43,7 +43,6 @@ class Defense:
         for stage in self.pre:
             x, f = stage(x, f, ctx)
             ctx.rows_finite = False  # a stage's output may overflow; let the next one scan
-            ctx.column_sum = None  # and its rows are new
         out = self.aggregator(x, f, ctx)
         screened = ctx.diagnostics.pop("_screened", None)
         kept = ctx.diagnostics.get("kept")

@@ -56,7 +56,8 @@ class AggregationContext:
     rows_finite: bool = False
     #: Set by a caller that already holds Σ_i x_i of the rows the first stage receives:
     #: returns it as a fresh ``[d]`` tensor (the mean then needs no pass over the rows).
-    #: Cleared by the chain after the first stage and whenever rows are screened out.
+    #: Cleared by every pre-aggregator (its output rows are new) and whenever the
+    #: non-finite screen drops rows.
     column_sum: Callable[[], torch.Tensor] | None = None
 
 

@@ -82,6 +82,13 @@ def uniform_weights(mask: torch.Tensor) -> torch.Tensor:
     return w / w.sum(dim=-1, keepdim=True).clamp_min(1.0)
 
 
+def column_sum(x: torch.Tensor) -> torch.Tensor:
+    """``Σ_i x_i`` of ``x[n, d]`` as the matrix-vector product ``1ᵀX``: on a CPU, BLAS
+    streams the rows about twice as fast as ``sum(dim=0)``. NaN and ±Inf propagate and a
+    sum beyond the dtype's range overflows, as with ``sum``."""
+    return x.new_ones(x.shape[0]) @ x
+
+
 def selection_mean(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Mean of the rows of ``x[n, d]`` flagged by the boolean mask ``keep`` (at least one).
 

@@ -98,7 +98,8 @@ def _client_weight_grads(delta_t: torch.Tensor, a_rows: torch.Tensor, target: to
         target.copy_(torch.bmm(d3, a_rows))
 
 
-def _slots(model: nn.Module, layout: ParamLayout, m: nn.Linear) -> tuple[slice, slice | None]:
+def _slots(model: nn.Module, layout: ParamLayout, m: nn.Module) -> tuple[slice, slice | None]:
+    """The ``out`` columns of layer m's weight and bias (None without a bias)."""
     names = {id(p): name for name, p in model.named_parameters()}
     w = layout[names[id(m.weight)]]
     b = layout[names[id(m.bias)]] if m.bias is not None else None
