@@ -16,7 +16,7 @@ from byzbench.checks import check_bool, check_choice, check_extended_real
 from byzbench.defenses.base import AGGREGATORS, AggregationContext, Aggregator
 from byzbench.ops.distances import distance_matrix, hull_dists, pairwise_sq_dists
 from byzbench.ops.rows import mask_of
-from byzbench.ops.sortnet import smallest_sorted, sum_of_ranks
+from byzbench.ops.sortnet import ascending_sum, smallest_sorted, sum_of_ranks
 
 #: Neighbour-count conventions: k = n − f − offset (ALGORITHMS.md §2.5, §8.4).
 NEIGHBOR_OFFSETS = {"n-f-2": 2, "n-f-1": 1, "n-f-3": 3}
@@ -82,7 +82,7 @@ def iterative_krum(dist: torch.Tensor, f: int, m: int, offset: int = 2) -> torch
     removed = torch.zeros(b, n, dtype=torch.bool, device=dist.device)
     chosen = []
     for step, k in enumerate(ks):
-        scores = ascending_sum(srt, k).view(b, n)
+        scores = ascending_sum(srt, 0, k, torch.float64).view(b, n)
         w = scores.masked_fill_(removed, math.inf).argmin(dim=1)
         chosen.append(w)
         removed.view(-1)[start + w] = True
@@ -98,16 +98,6 @@ def narrowed(dist: torch.Tensor) -> torch.Tensor:
         return dist
     low = dist.to(torch.float32)
     return low if torch.equal(low.to(torch.float64), dist) else dist
-
-
-def ascending_sum(srt: torch.Tensor, k: int) -> torch.Tensor:
-    """float64 ``srt[0] + srt[1] + … + srt[k-1]``, added in that order (zeros for k = 0)."""
-    total = torch.zeros(srt.shape[1:], dtype=torch.float64, device=srt.device)
-    if k:
-        total.copy_(srt[0])
-    for t in range(1, k):
-        total += srt[t]
-    return total
 
 
 def drop_value(srt: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

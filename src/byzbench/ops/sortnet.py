@@ -676,9 +676,12 @@ def _check_range(lo: int, hi: int, n: int) -> None:
         raise ValueError(f"rank range [{lo}, {hi}) invalid for n = {n}")
 
 
-def _ascending_sum(srt: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """Ranks ``lo .. hi-1`` of the column-sorted ``srt`` added one at a time in order."""
-    total = srt[lo].clone()
+def ascending_sum(srt: torch.Tensor, lo: int, hi: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Rows ``lo .. hi-1`` of ``srt`` (e.g. ranks of a column-sorted input) added one at a
+    time in that order, accumulated in ``dtype`` (default ``srt``'s); zeros if lo ≥ hi."""
+    total = torch.zeros(srt.shape[1:], dtype=dtype or srt.dtype, device=srt.device)
+    if hi > lo:
+        total.copy_(srt[lo])
     for r in range(lo + 1, hi):
         total += srt[r]
     return total
@@ -729,7 +732,7 @@ def sum_of_ranks(x: torch.Tensor, lo: int, hi: int, *, backend: str | None = Non
     n = x.shape[0]
     _check_range(lo, hi, n)
     if n > MAX_NETWORK_ROWS:
-        return _ascending_sum(x.sort(dim=0).values, lo, hi)
+        return ascending_sum(x.sort(dim=0).values, lo, hi)
     return execute(rank_sum_program(n, lo, hi), x, backend=backend, chunk=chunk)[0]
 
 
@@ -746,7 +749,7 @@ def order_statistics_and_sum(x: torch.Tensor, ranks: tuple[int, ...], lo: int, h
     _check_range(lo, hi, n)
     if n > MAX_NETWORK_ROWS:
         srt = x.sort(dim=0).values
-        return [srt[r] for r in ranks], _ascending_sum(srt, lo, hi)
+        return [srt[r] for r in ranks], ascending_sum(srt, lo, hi)
     rows = execute(statistics_sum_program(n, distinct, lo, hi), x, backend=backend, chunk=chunk)
     return [rows[distinct.index(r)] for r in ranks], rows[len(distinct)]
 
