@@ -100,6 +100,23 @@ def test_sampler_draws_each_clients_own_data_epoch_by_epoch():
     assert again.next().tolist() == [i for c in range(3) for i in seen[c][:4]]
 
 
+
+def test_sampler_epoch_is_the_stable_argsort_of_uniform_keys(monkeypatch):
+    """Each epoch orders a client's partition by keys u ~ U[0, 1) drawn as one
+    ``torch.rand(k, width)`` (padding last), ties by position: checked against argsort."""
+    parts = [np.arange(100, 107), np.arange(0, 3), np.arange(50, 60)]
+    sampler = ClientSampler(parts, batch_size=3, generator=torch.Generator().manual_seed(5))
+    keys = torch.rand(3, 10, generator=torch.Generator().manual_seed(5))
+    first = sampler.next().view(3, 3)
+    for c, part in enumerate(parts):
+        order = torch.sort(keys[c, : len(part)], stable=True).indices
+        assert first[c].tolist() == [int(part[j]) for j in order[:3]]
+    full = torch.full
+    monkeypatch.setattr(torch, "rand", lambda *shape, generator=None: full(shape, 0.5))
+    ties = ClientSampler([np.arange(10, 14), np.arange(2)], batch_size=2, generator=torch.Generator())
+    assert ties.next().tolist() == [10, 11, 0, 1]  # all keys equal: positions decide
+
+
 def test_momentum_forms():
     g1, g2 = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, -1.0]])
     damp, plain = torch.zeros(1, 2), torch.zeros(1, 2)

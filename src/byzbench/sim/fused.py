@@ -185,12 +185,13 @@ def _dropout_scale(module: nn.Dropout, a_t: torch.Tensor) -> torch.Tensor:
 
 def _cross_entropy_t(z_t: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-client mean cross-entropy ``[n]`` and δᵀ = (softmax − one-hot)/B ``[C, n·B]`` from
-    feature-major logits zᵀ ``[C, n·B]`` (in place of zᵀ)."""
-    lse = torch.logsumexp(z_t, dim=0)
-    picked = z_t.gather(0, y.unsqueeze(0)).squeeze(0)
-    losses = (lse - picked).view(-1, batch).mean(dim=1)
-    delta = z_t.sub_(lse).exp_()
-    delta.scatter_add_(0, y.unsqueeze(0), torch.full_like(picked, -1.0).unsqueeze(0))
+    feature-major logits zᵀ ``[C, n·B]``: with log-probabilities ℓ = log_softmax(zᵀ) (over
+    the classes, axis 0), loss_s = −ℓ[y_s, s] and δᵀ = (exp ℓ − e_y)/B."""
+    log_p = torch.log_softmax(z_t, dim=0)
+    picked = y.unsqueeze(0)
+    losses = log_p.gather(0, picked).view(-1, batch).mean(dim=1).neg_()
+    delta = log_p.exp_()
+    delta.scatter_add_(0, picked, torch.full(picked.shape, -1.0, dtype=delta.dtype, device=delta.device))
     return losses, delta.div_(batch)
 
 
