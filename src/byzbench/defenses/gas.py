@@ -87,6 +87,16 @@ class GAS(Aggregator):
     block's rows are still in cache. An inner rule that needs the
     server gradient gets it restricted to its chunk. Requires what the base requires
     (and n > f). Reports ``kept``.
+
+    Native path (opt-in): under the ``"compile"`` backend of `byzbench.ops.sortnet`, with
+    float32 CPU rows and an ℓ2 Krum, Multi-Krum or Krum-selection trimmed Bulyan base
+    (`krum_plan`), the full chunks run in the C kernel ``byzbench/ops/gas_kernel.c``
+    (`native_krum_scores`: one row-wise gather, then per chunk in cache a float64 Gram
+    matrix, the base's selection and aggregate, and float64 distances); the uneven last
+    chunk stays eager. The permutation is drawn as above, so the kept rows are the eager
+    path's unless two scores lie within rounding of each other (the kernel's float64
+    distances are the more exact). Not used under ``nonfinite="propagate"``; without a
+    C compiler it warns once and the eager path runs.
     """
 
     def __init__(self, p: int = 1000, base: str = "bulyan", **common) -> None:
