@@ -30,6 +30,7 @@ import math
 
 import torch
 
+from byzbench.ops.onednn import row_gram, use_onednn
 from byzbench.ops.rows import BLOCK, safe_norms, work_dtype
 
 #: Coordinates per block of the ℓp pair computation (p ≠ 2).
@@ -52,9 +53,13 @@ def gram(x: torch.Tensor) -> torch.Tensor:
     block of columns against the rows at and below it, mirrored above): about half the
     work of the full product, and block widths the CPU's matrix kernels handle well. The
     result is then symmetrised, (G + Gᵀ)/2, which only changes the diagonal blocks, where
-    a matrix product may round G_ij and G_ji differently.
+    a matrix product may round G_ij and G_ji differently. Large 2-D float32 inputs on a
+    CPU take oneDNN's full product instead (`byzbench.ops.onednn.row_gram`: about 2×
+    faster than this half product through MKL on AMD processors), symmetrised the same way.
     """
     n = x.shape[-2]
+    if use_onednn(x):
+        return symmetrised(row_gram(x))
     if n <= GRAM_COLUMNS:
         return symmetrised(x @ x.mT)
     g = torch.empty(*x.shape[:-2], n, n, dtype=x.dtype, device=x.device)

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from byzbench.ops.onednn import row_gram
 from byzbench.ops.rows import BLOCK, work_dtype
 
 
@@ -48,7 +49,7 @@ def _blocked_gram(x: torch.Tensor, c: torch.Tensor, dtype: torch.dtype, scale: f
         y = x[:, s:s + BLOCK].to(dtype) - c[s:s + BLOCK].to(dtype)
         if scale != 1.0:
             y = y / scale
-        k += (y @ y.T).to(torch.float64)
+        k += row_gram(y).to(torch.float64)
     return k
 
 
