@@ -15,7 +15,8 @@ import torch
 
 from byzbench.defenses import AggregationContext
 from byzbench.defenses import gas as gas_module
-from byzbench.defenses.gas import GAS, KERNEL, krum_plan, native_krum_scores, random_permutation
+from byzbench.defenses.gas import GAS, random_permutation
+from byzbench.defenses.gas_native import KERNEL, krum_plan, native_krum_scores
 from byzbench.ops import native
 from byzbench.ops.sortnet import use_backend
 
