@@ -8,6 +8,7 @@ spec: Python loops over chunks, rows and coordinates in float64 (``math.fsum``).
 from __future__ import annotations
 
 import math
+import platform
 import warnings
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 
 from byzbench.defenses import AggregationContext
 from byzbench.defenses import gas as gas_module
+from byzbench.defenses import gas_native
 from byzbench.defenses.gas import GAS, random_permutation
 from byzbench.defenses.gas_native import KERNEL, krum_plan, native_krum_scores
 from byzbench.ops import native
@@ -201,6 +203,80 @@ def test_huge_finite_rows_give_finite_scores():
         assert bool(torch.isfinite(scores).all())
         out, _ = gas_call(GAS(p=4, base=base), x, 3, "compile")
         assert bool(torch.isfinite(out).all())
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e38])
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_float32_gram_overflow_falls_back_to_float64(base, scale):
+    # Rows of about ±1e20 (or ±1e38) overflow every float32 product: each chunk's Gram
+    # matrix is recomputed in float64, so the scores are those of the float64 Gram path,
+    # finite, within 1e-5 of the float64 loops, and the kept rows are the eager path's.
+    n, d, f, p = 11, 60, 2, 5
+    x = separated_rows(n, d, f, seed=9)
+    x = (x / x.abs().amax() * scale).float()
+    assert not bool(torch.isfinite((x.double() ** 2).float()).all())
+    rule = GAS(p=p, base=base)
+    perm = random_permutation(d, gen(1))
+    plan = krum_plan(rule.base, n, f)
+    got = native_krum_scores(x, perm, 12, 5, plan)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gas_native, "GRAM32", False)
+        float64_gram = native_krum_scores(x, perm, 12, 5, plan)
+    assert bool(torch.isfinite(got).all()) and torch.equal(got, float64_gram)
+    want = torch.tensor(ref_full_chunk_scores(x, perm.tolist(), 12, base, f), dtype=torch.float64)
+    assert float(((got - want).abs() / want.abs()).max()) <= 1e-5
+    eager, kept_eager = gas_call(rule, x, f, "eager", seed=2)
+    fast, kept_fast = gas_call(rule, x, f, "compile", seed=2)
+    assert kept_fast == kept_eager and bool(torch.isfinite(fast).all())
+
+
+def test_float32_gram_overflow_in_some_chunks_only():
+    # Byzantine rows of ±1e20 on a few coordinates: only the chunks holding one of them
+    # overflow in float32; the honest rows are kept as on the eager path.
+    n, d, f = 15, 120, 3
+    x = separated_rows(n, d, f, seed=11)
+    x[n - f :, ::17] = 1e20
+    x[n - 1, ::34] = -1e20
+    rule = GAS(p=12, base="bulyan")
+    scores = native_krum_scores(x, random_permutation(d, gen(3)), 10, 12, krum_plan(rule.base, n, f))
+    assert bool(torch.isfinite(scores).all())
+    eager, kept_eager = gas_call(rule, x, f, "eager", seed=4)
+    fast, kept_fast = gas_call(rule, x, f, "compile", seed=4)
+    assert kept_fast == kept_eager == list(range(n - f)) and torch.equal(fast, eager)
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_float32_and_float64_gram_keep_the_same_rows(base):
+    n, d, f = 25, 500, 5
+    x = separated_rows(n, d, f, seed=13)
+    plan = krum_plan(GAS(base=base).base, n, f)
+    perm = random_permutation(d, gen(5))
+    got = native_krum_scores(x, perm, 20, 25, plan)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gas_native, "GRAM32", False)
+        ref = native_krum_scores(x, perm, 20, 25, plan)
+    assert float(((got - ref).abs() / ref).max()) <= 1e-5
+    assert torch.argsort(got, stable=True).tolist() == torch.argsort(ref, stable=True).tolist()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 flag")
+def test_generic_vector_build_gives_the_same_scores(tmp_path, monkeypatch):
+    # Without AVX-512 the float32 Gram runs in 2 x 2 tiles of generic vectors: every entry
+    # is still summed lane by lane in the same order.
+    n, d, f = 25, 400, 5
+    x = separated_rows(n, d, f, seed=17)
+    plan = krum_plan(GAS().base, n, f)
+    perm = random_permutation(d, gen(7))
+    native_scores = native_krum_scores(x, perm, 16, 25, plan)
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(native, "FLAGS", (*native.FLAGS, "-mno-avx512f"))
+    native.forget(KERNEL)
+    try:
+        generic = native_krum_scores(x, perm, 16, 25, plan)
+    finally:
+        native.forget(KERNEL)
+    assert generic is not None
+    assert float(((generic - native_scores).abs() / native_scores).max()) <= 1e-12
 
 
 # --------------------------------------------------------------------------- determinism

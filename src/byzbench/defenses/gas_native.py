@@ -2,7 +2,8 @@
 
 `krum_plan` says how the kernel runs a base (or None when it cannot), `native_input_ok`
 whether it takes the input, and `native_krum_scores` runs it: one row-wise gather of
-the permuted columns, then per chunk, in cache, a float64 Gram matrix, the base's
+the permuted columns, then per chunk, in cache, a float32 Gram matrix (recomputed in
+float64 for a chunk where it is not finite, as the eager path does), the base's
 selection and aggregate, and float64 distances from every row to it. Used by
 `byzbench.defenses.gas.GAS` under the compile backend of `byzbench.ops.sortnet`.
 """
@@ -28,6 +29,12 @@ from byzbench.ops.sortnet import selection_network
 KERNEL = "gas_kernel"
 #: Whether the kernel prefetches the next chunk's columns while gathering a chunk.
 PREFETCH = True
+#: Whether the kernel computes each chunk's Gram matrix in float32 (as the eager path
+#: does, falling back to float64 for a chunk whose float32 Gram is not finite) rather
+#: than in float64 throughout.
+GRAM32 = True
+#: Whether the kernel prefetches the next chunk's gathered tile while computing a chunk.
+TILE_PREFETCH = True
 _failed_codes: set[int] = set()
 
 
@@ -102,7 +109,7 @@ def native_krum_scores(x: torch.Tensor, perm: torch.Tensor, size: int, full: int
     ks, dnet, wnet = _plan_arrays(plan)
     cfg = torch.tensor([n, d, size, full, torch.get_num_threads(), plan.squared, plan.iterative, plan.steps,
                         plan.depth, dnet.shape[0], plan.window, plan.beta, plan.lower, wnet.shape[0],
-                        PREFETCH, x.stride(0)], dtype=torch.int64)
+                        PREFETCH, x.stride(0), GRAM32, TILE_PREFETCH], dtype=torch.int64)
     partial = torch.empty(full, n, dtype=torch.float64)
     scores = torch.empty(n, dtype=torch.float64)
     code = fn(x.data_ptr(), perm.data_ptr(), cfg.data_ptr(), ks.data_ptr(), dnet.data_ptr(), wnet.data_ptr(),

@@ -17,10 +17,15 @@
  *
  * Then per chunk, on its [n, sp] tile of the buffer (in cache), threads sharing the chunks:
  *
- *   2. the Gram matrix G of the sub-vectors in float64 (every float32 product and sum is
- *      finite in float64, so rows up to +-3.4e38 never overflow) and the squared
- *      distances D_ij = max(G_ii + G_jj - 2 G_ij, 0), exactly symmetric, zero diagonal
- *      (plain distances: their square roots);
+ *   2. the Gram matrix G of the sub-vectors in float32, as the eager path computes it
+ *      (byzbench.ops.distances: float32 products), in 16-lane vectors, each entry's
+ *      lanes added in float64; if an entry is not finite (rows beyond about 1e19
+ *      overflow float32 products), that chunk's G is recomputed in float64, where every
+ *      float32 product and sum is finite (rows up to +-3.4e38 never overflow). Then the
+ *      squared distances D_ij = max(G_ii + G_jj - 2 G_ij, 0) in float64, exactly
+ *      symmetric (the lower triangle of G is mirrored), zero diagonal (plain distances:
+ *      their square roots). While a chunk is computed, the next chunk's tile is
+ *      prefetched;
  *   3. Krum selection on D, as byzbench.defenses.krum does it: every row's distances to
  *      the others sorted by a comparator network (+inf on the diagonal), the k smallest
  *      summed in ascending order in float64; one shot (the `count` best scores, ties to
@@ -50,18 +55,29 @@
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef double v8d __attribute__((vector_size(64)));
+typedef float v16f __attribute__((vector_size(64)));
+typedef double v4d __attribute__((vector_size(32)));
+typedef double v2d __attribute__((vector_size(16)));
 
-enum { LANES = 8, PAD = 16, TILE = 4, ALIGN = 64, PREFETCH_AHEAD = 256 };
+/* Side of the float32 Gram tiles: 5 x 5 accumulators (25 of the 32 AVX-512 registers;
+ * n = 25 splits evenly), 2 x 2 where 16-lane vectors take two or four registers. */
+#ifdef __AVX512F__
+#define TILE32 5
+#else
+#define TILE32 2
+#endif
+
+enum { LANES = 8, FLANES = 16, PAD = 16, TILE = 4, ALIGN = 64, PREFETCH_AHEAD = 256 };
 
 /* Layout of the int64 configuration array passed by byzbench.defenses.gas. */
 enum {
     CFG_N, CFG_D, CFG_SIZE, CFG_CHUNKS, CFG_THREADS, CFG_SQUARED, CFG_ITERATIVE, CFG_STEPS,
-    CFG_DEPTH, CFG_DNET, CFG_WINDOW, CFG_BETA, CFG_LOWER, CFG_WNET, CFG_PREFETCH, CFG_STRIDE, CFG_LEN
+    CFG_DEPTH, CFG_DNET, CFG_WINDOW, CFG_BETA, CFG_LOWER, CFG_WNET, CFG_PREFETCH, CFG_STRIDE, CFG_GRAM32, CFG_TILE_PREFETCH, CFG_LEN
 };
 
 typedef struct {
     int64_t n, d, stride, size, sp, np, chunks;
-    int squared, iterative, window, lower, prefetch;
+    int squared, iterative, window, lower, prefetch, gram32, tile_prefetch;
     int64_t steps, depth, dnet_len, beta, wnet_len;
     const int64_t *ks;      /* neighbour count of each selection step (one shot: ks[0]) */
     const int32_t *dnet;    /* kept comparators (i, j, min_used, max_used) on n wires */
@@ -154,10 +170,49 @@ static inline double lane_sum(v8d v) {
     return t;
 }
 
-/* out[r][c] = <row a[r], row b[c]> over sp coordinates in float64, for r < R (a
- * compile-time constant at every call, so the accumulators stay in registers). */
-static inline __attribute__((always_inline)) void gram_tile(const float *const a[TILE], const float *const b[TILE],
-                                                            int64_t sp, double out[TILE][TILE], const int R) {
+/* The lanes of a float32 accumulator summed in float64, halves first (a fixed order). */
+static inline double lane_sum16(v16f v) {
+    v8f lo = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+    v8f hi = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    v8d s = __builtin_convertvector(lo, v8d) + __builtin_convertvector(hi, v8d);
+    v4d q = __builtin_shufflevector(s, s, 0, 1, 2, 3) + __builtin_shufflevector(s, s, 4, 5, 6, 7);
+    v2d h = __builtin_shufflevector(q, q, 0, 1) + __builtin_shufflevector(q, q, 2, 3);
+    return h[0] + h[1];
+}
+
+static inline v16f load16(const float *src) {
+    v16f v;
+    memcpy(&v, src, sizeof v);
+    return v;
+}
+
+/* Row pointers of the tile at rows bi.. and columns bj.. (rows past n repeat row n-1). */
+static inline void tile_rows(const float *rows, int64_t n, int64_t sp, int64_t bi, int64_t bj, int tile,
+                             const float **a, const float **b) {
+    for (int r = 0; r < tile; r++) {
+        a[r] = rows + (bi + r < n ? bi + r : n - 1) * sp;
+        b[r] = rows + (bj + r < n ? bj + r : n - 1) * sp;
+    }
+}
+
+/* Store the entries of tile t (row stride `tile`) on and below the diagonal into g and
+ * mirror them: G exactly symmetric. Returns whether they are all finite. */
+static inline int put_tile(double *g, int64_t n, int64_t bi, int64_t bj, int64_t rcount, int tile, const double *t) {
+    int finite = 1;
+    for (int r = 0; r < rcount; r++)
+        for (int c = 0; c < tile && bj + c <= bi + r; c++) {
+            double v = t[r * tile + c];
+            finite &= isfinite(v) != 0;
+            g[(bi + r) * n + bj + c] = v;
+            g[(bj + c) * n + bi + r] = v;
+        }
+    return finite;
+}
+
+/* out[r][c] = <row a[r], row b[c]> over sp coordinates in float64 (products and sums),
+ * for r < R (a compile-time constant at every call: the accumulators stay in registers). */
+static inline __attribute__((always_inline)) void gram_tile64(const float *const a[TILE], const float *const b[TILE],
+                                                              int64_t sp, double out[TILE][TILE], const int R) {
     v8d acc[TILE][TILE];
     memset(acc, 0, sizeof acc);
     for (int64_t k = 0; k < sp; k += LANES) {
@@ -175,36 +230,77 @@ static inline __attribute__((always_inline)) void gram_tile(const float *const a
             out[r][c] = lane_sum(acc[r][c]);
 }
 
-/* The lower triangle of the Gram matrix, tile by tile (rows bi.., columns bj..), mirrored:
- * exactly symmetric. */
-static void gram(const float *rows, int64_t n, int64_t sp, double *g) {
+/* The same with float32 products and sums in 16 lanes (lanes added in float64 at the end). */
+static inline __attribute__((always_inline)) void gram_tile32(const float *const a[TILE32], const float *const b[TILE32],
+                                                              int64_t sp, double out[TILE32][TILE32], const int R) {
+    v16f acc[TILE32][TILE32];
+    memset(acc, 0, sizeof acc);
+    for (int64_t k = 0; k < sp; k += FLANES) {
+        v16f vb[TILE32];
+        for (int c = 0; c < TILE32; c++)
+            vb[c] = load16(b[c] + k);
+        for (int r = 0; r < R; r++) {
+            v16f va = load16(a[r] + k);
+            for (int c = 0; c < TILE32; c++)
+                acc[r][c] += va * vb[c];
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < TILE32; c++)
+            out[r][c] = lane_sum16(acc[r][c]);
+}
+
+/* The Gram matrix in float64, its lower triangle tile by tile, mirrored. */
+static void gram64(const float *rows, int64_t n, int64_t sp, double *g) {
     double t[TILE][TILE];
+    const float *a[TILE], *b[TILE];
     for (int64_t bi = 0; bi < n; bi += TILE) {
         int64_t rcount = n - bi < TILE ? n - bi : TILE;
         for (int64_t bj = 0; bj <= bi; bj += TILE) {
-            const float *a[TILE], *b[TILE];
-            for (int r = 0; r < TILE; r++) {
-                a[r] = rows + (bi + r < n ? bi + r : n - 1) * sp;
-                b[r] = rows + (bj + r < n ? bj + r : n - 1) * sp;
-            }
+            tile_rows(rows, n, sp, bi, bj, TILE, a, b);
             switch (rcount) {
-            case 1: gram_tile(a, b, sp, t, 1); break;
-            case 2: gram_tile(a, b, sp, t, 2); break;
-            case 3: gram_tile(a, b, sp, t, 3); break;
-            default: gram_tile(a, b, sp, t, TILE); break;
+            case 1: gram_tile64(a, b, sp, t, 1); break;
+            case 2: gram_tile64(a, b, sp, t, 2); break;
+            case 3: gram_tile64(a, b, sp, t, 3); break;
+            default: gram_tile64(a, b, sp, t, TILE); break;
             }
-            for (int r = 0; r < rcount; r++)
-                for (int c = 0; c < TILE && bj + c <= bi + r; c++) {
-                    g[(bi + r) * n + bj + c] = t[r][c];
-                    g[(bj + c) * n + bi + r] = t[r][c];
-                }
+            put_tile(g, n, bi, bj, rcount, TILE, &t[0][0]);
         }
     }
 }
 
+/* The Gram matrix in float32 (TILE32 x TILE32 tiles); returns whether it is all finite. */
+static int gram32(const float *rows, int64_t n, int64_t sp, double *g) {
+    double t[TILE32][TILE32];
+    const float *a[TILE32], *b[TILE32];
+    int finite = 1;
+    for (int64_t bi = 0; bi < n; bi += TILE32) {
+        int64_t rcount = n - bi < TILE32 ? n - bi : TILE32;
+        for (int64_t bj = 0; bj <= bi; bj += TILE32) {
+            tile_rows(rows, n, sp, bi, bj, TILE32, a, b);
+            switch (rcount) {
+#if TILE32 > 2
+            case 2: gram_tile32(a, b, sp, t, 2); break;
+            case 3: gram_tile32(a, b, sp, t, 3); break;
+            case 4: gram_tile32(a, b, sp, t, 4); break;
+#endif
+            case 1: gram_tile32(a, b, sp, t, 1); break;
+            default: gram_tile32(a, b, sp, t, TILE32); break;
+            }
+            finite &= put_tile(g, n, bi, bj, rcount, TILE32, &t[0][0]);
+        }
+    }
+    return finite;
+}
+
+/* D_ij = max(G_ii + G_jj - 2 G_ij, 0) (its square root for plain distances), zero
+ * diagonal. G is first computed as the eager path does (byzbench.ops.distances: float32
+ * products), and recomputed in float64 when an entry is not finite (rows beyond about
+ * 1e19 overflow float32 products; every float32 product is finite in float64). */
 static void distances(const work_t *w, const plan_t *p) {
     int64_t n = p->n;
-    gram(w->rows, n, p->sp, w->gram);
+    if (!p->gram32 || !gram32(w->rows, n, p->sp, w->gram))
+        gram64(w->rows, n, p->sp, w->gram);
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j < n; j++) {
             double v = (w->gram[i * n + i] + w->gram[j * n + j]) - 2.0 * w->gram[i * n + j];
@@ -372,8 +468,18 @@ static void distances_to_aggregate(const work_t *w, const plan_t *p, double *out
     }
 }
 
-static void one_chunk(const plan_t *p, work_t *w, const float *tile, double *out) {
+/* Ask for every cache line of the next chunk's tile (while this chunk is computed, it
+ * comes from memory into cache: its Gram matrix would otherwise wait on each line). */
+static void prefetch_tile(const plan_t *p, const float *next) {
+    int64_t len = p->n * p->sp;
+    for (int64_t k = 0; k < len; k += ALIGN / (int64_t)sizeof(float))
+        __builtin_prefetch(next + k, 0, 3);
+}
+
+static void one_chunk(const plan_t *p, work_t *w, const float *tile, double *out, const float *next) {
     w->rows = tile;
+    if (p->tile_prefetch && next)
+        prefetch_tile(p, next);
     distances(w, p);
     select_rows(w, p);
     if (p->window)
@@ -401,6 +507,7 @@ int byzbench_gas_krum_scores(const float *x, const int32_t *perm, const int64_t 
         .steps = cfg[CFG_STEPS], .depth = cfg[CFG_DEPTH], .dnet_len = cfg[CFG_DNET],
         .window = (int)cfg[CFG_WINDOW], .beta = cfg[CFG_BETA], .lower = (int)cfg[CFG_LOWER],
         .wnet_len = cfg[CFG_WNET], .prefetch = (int)cfg[CFG_PREFETCH], .stride = cfg[CFG_STRIDE],
+        .gram32 = (int)cfg[CFG_GRAM32], .tile_prefetch = (int)cfg[CFG_TILE_PREFETCH],
         .ks = ks, .dnet = dnet, .wnet = wnet,
     };
     if (p.n < 1 || p.size < 1 || p.stride < p.d || p.chunks < 0 || p.chunks * p.size > p.d || p.steps < 1
@@ -429,7 +536,8 @@ int byzbench_gas_krum_scores(const float *x, const int32_t *perm, const int64_t 
 #pragma omp for schedule(static)
         for (int64_t q = 0; q < p.chunks; q++)
             if (ok)
-                one_chunk(&p, &w, buf + q * p.n * p.sp, partial + q * p.n);
+                one_chunk(&p, &w, buf + q * p.n * p.sp, partial + q * p.n,
+                          q + 1 < p.chunks ? buf + (q + 1) * p.n * p.sp : NULL);
         if (ok)
             work_free(&w);
     }
