@@ -84,8 +84,9 @@ class GAS(Aggregator):
     Native path (opt-in): under the ``"compile"`` backend of `byzbench.ops.sortnet`, with
     float32 CPU rows and an ℓ2 Krum, Multi-Krum or Krum-selection trimmed Bulyan base
     (`krum_plan`), the full chunks run in the C kernel ``byzbench/ops/gas_kernel.c``
-    (`native_krum_scores`: one row-wise gather, then per chunk in cache a float64 Gram
-    matrix, the base's selection and aggregate, and float64 distances); the uneven last
+    (`native_krum_scores`: one row-wise gather, then per chunk in cache a float32 Gram
+    matrix (redone in float64 for a chunk where it is not finite, as the eager path
+    does), the base's selection and aggregate, and float64 distances); the uneven last
     chunk stays eager. The permutation is drawn as above, so the kept rows are the eager
     path's unless two scores lie within rounding of each other (the kernel's float64
     distances are the more exact). Not used under ``nonfinite="propagate"``; without a
