@@ -778,14 +778,18 @@ def test_mix_rows_blocks_equal_one_product(monkeypatch, threads):
     x = randn(9, 1000, 3, F64)
     w = mixing_matrix(x, 6, True)
     monkeypatch.setattr(nnm_module, "BLOCK", 64)  # 16 blocks, the last one ragged
+    monkeypatch.setattr(nnm_module, "THREADED_MIX_COLUMNS", 96)  # 11 blocks, ragged
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     torch.testing.assert_close(mix_rows(w, x), w @ x, rtol=1e-13, atol=1e-13)
 
 
-def test_mix_rows_redoes_overflowing_blocks_in_float64(monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_mix_rows_redoes_overflowing_blocks_in_float64(monkeypatch, threads):
     import byzbench.defenses.nnm as nnm_module
 
     monkeypatch.setattr(nnm_module, "BLOCK", 4)
+    monkeypatch.setattr(nnm_module, "THREADED_MIX_COLUMNS", 4)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     top = torch.finfo(F32).max
     x = torch.randn(7, 12, generator=gen(1), dtype=F32)
     x[:, 5] = top  # one column at the limit: 7 · fl(1/7) · top exceeds it
