@@ -81,7 +81,7 @@ class GAS(Aggregator):
     server gradient gets it restricted to its chunk. Requires what the base requires
     (and n > f). Reports ``kept``.
 
-    Native path (opt-in): under the ``"compile"`` backend of `byzbench.ops.sortnet`, with
+    Native path (opt-in): under the ``"compile"`` or ``"native"`` backend of `byzbench.ops.sortnet`, with
     float32 CPU rows and an ℓ2 Krum, Multi-Krum or Krum-selection trimmed Bulyan base
     (`krum_plan`), the full chunks run in the C kernel ``byzbench/ops/gas_kernel.c``
     (`native_krum_scores`: one row-wise gather, then per chunk in cache a float32 Gram
@@ -173,7 +173,7 @@ class GAS(Aggregator):
     def _native_scores(self, x: torch.Tensor, f: int, perm: torch.Tensor, size: int) -> torch.Tensor | None:
         """The scores summed over the full chunks by the native kernel, or None where it does
         not apply (see `native_krum_scores`) or is unavailable."""
-        if default_backend() != "compile" or self.nonfinite == "propagate":
+        if default_backend() not in ("compile", "native") or self.nonfinite == "propagate":
             return None
         plan = krum_plan(self.base, x.shape[0], f)
         full = x.shape[1] // size

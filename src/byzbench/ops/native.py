@@ -1,8 +1,9 @@
 """Opt-in native kernels: C sources shipped in ``byzbench/ops``, compiled at first use.
 
 `load(name)` compiles ``byzbench/ops/<name>.c`` with the system C compiler (``$CC``, else
-``cc``, ``gcc`` or ``clang``) as ``-O3 -march=native -fopenmp -shared -fPIC`` into a
-shared library and loads it with ctypes. The library is cached in
+``cc``, ``gcc`` or ``clang``) as ``-O3 -march=native -fopenmp -shared -fPIC`` (plus the
+kernel's own `EXTRA_FLAGS`, e.g. ``-ffp-contract=off`` where results must be bitwise those
+of separate IEEE operations) into a shared library and loads it with ctypes. The library is cached in
 ``$BYZBENCH_CACHE/native`` (default ``~/.cache/byzbench/native``) under a name keyed by
 a hash of the source, the compiler, the flags and the CPU (``-march=native`` code must
 not run on another CPU model sharing the cache), so a build happens once per machine and
@@ -30,6 +31,9 @@ from pathlib import Path
 
 #: Compiler flags of every kernel.
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+#: Further flags of one kernel (by name), after `FLAGS`: ``sortnet_kernel`` must not fuse
+#: a product and a sum into one FMA (its results are compared bitwise with NumPy's).
+EXTRA_FLAGS: dict[str, tuple[str, ...]] = {"sortnet_kernel": ("-ffp-contract=off",)}
 #: Environment variable naming the cache folder (its ``native`` subfolder holds the builds).
 CACHE_ENV = "BYZBENCH_CACHE"
 #: Seconds a build may take before it counts as failed.
@@ -72,11 +76,16 @@ def cpu_signature() -> str:
     return "\n".join(dict.fromkeys(keep)) or f"{platform.machine()} {platform.processor()}"
 
 
+def kernel_flags(name: str) -> tuple[str, ...]:
+    """The compiler flags of kernel ``name``: `FLAGS`, then its `EXTRA_FLAGS`."""
+    return (*FLAGS, *EXTRA_FLAGS.get(name, ()))
+
+
 def library_path(name: str, compiler: str) -> Path:
     """Where the build of kernel ``name`` by ``compiler`` is cached (keyed by a hash of
-    the source, the compiler, the flags and `cpu_signature`)."""
+    the source, the compiler, `kernel_flags` and `cpu_signature`)."""
     source = (_SOURCES / f"{name}.c").read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(),
+    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(kernel_flags(name)).encode(),
                                      cpu_signature().encode()])).hexdigest()[:16]
     return cache_dir() / f"{name}-{key}.so"
 
@@ -94,7 +103,7 @@ def build(name: str, compiler: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *FLAGS, "-o", tmp, str(_SOURCES / f"{name}.c"), "-lm"],
+        subprocess.run([compiler, *kernel_flags(name), "-o", tmp, str(_SOURCES / f"{name}.c"), "-lm"],
                        check=True, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         os.replace(tmp, target)  # atomic: readers see no file or a complete one
     finally:
@@ -143,5 +152,5 @@ def forget(name: str | None = None) -> None:
             _loaded.pop(name, None)
 
 
-__all__ = ["CACHE_ENV", "FLAGS", "build", "cache_dir", "cpu_signature", "find_compiler", "forget",
-           "library_path", "load"]
+__all__ = ["CACHE_ENV", "EXTRA_FLAGS", "FLAGS", "build", "cache_dir", "cpu_signature", "find_compiler", "forget",
+           "kernel_flags", "library_path", "load"]

@@ -63,6 +63,7 @@ for every backend, block size and row permutation.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import threading
 import warnings
@@ -72,6 +73,8 @@ from functools import cache
 
 import numpy as np
 import torch
+
+from byzbench.ops import native
 
 Comparator = tuple[int, int]
 #: One step of a `Program`: (operation, first operand slot, second operand slot, output slot).
@@ -94,7 +97,15 @@ MAX_CHUNK_COLUMNS = 30720
 MAX_WORKERS = 4
 #: Narrower inputs run eagerly even under the compile backend.
 COMPILE_MIN_COLUMNS = 4096
-BACKENDS = ("eager", "compile")
+#: The C source (``byzbench/ops/sortnet_kernel.c``) of the native backend.
+NATIVE_KERNEL = "sortnet_kernel"
+#: Columns per block of the native backend (all rows of a block stay in L1/L2).
+NATIVE_BLOCK_COLUMNS = 1024
+#: Narrower inputs run eagerly even under the native backend.
+NATIVE_MIN_COLUMNS = 1
+#: Dtype codes of the native kernel (other dtypes run eagerly).
+NATIVE_DTYPES = {torch.float32: 0, torch.float64: 1}
+BACKENDS = ("eager", "compile", "native")
 
 MIN, MAX, ADD, COPY, SUB, SCALE, DIVIDE, GREATER, FMIN, FMAX = range(10)
 #: Steps whose second operand is one of the program's constants.
@@ -605,6 +616,64 @@ def _run_compiled(program: Program, x: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
+# ---------------------------------------------------------------------------- native backend
+
+
+_native_failed: set[int] = set()
+
+
+def native_input_ok(x: torch.Tensor) -> bool:
+    """Whether the native kernel takes ``x``: float32 or float64 rows on the CPU."""
+    return x.device.type == "cpu" and x.dtype in NATIVE_DTYPES
+
+
+@cache
+def _native_arrays(program: Program) -> tuple[torch.Tensor, torch.Tensor]:
+    """The program's steps as an int32 ``[steps, 4]`` array and its constants as float64."""
+    steps = torch.tensor(program.steps, dtype=torch.int32).view(-1, 4)
+    return steps, torch.tensor(program.constants, dtype=torch.float64)
+
+
+def _native_kernel() -> Callable[..., int] | None:
+    """The kernel's entry point with its ctypes signature, or None (`native.load` warns)."""
+    lib = native.load(NATIVE_KERNEL)
+    if lib is None:
+        return None
+    fn = lib.byzbench_sortnet_run
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 5
+    return fn
+
+
+def _run_native(program: Program, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor | None:
+    """``program`` on ``x`` by the C kernel, blocks of ``chunk`` columns (default
+    `NATIVE_BLOCK_COLUMNS`) shared among torch's threads; None where it does not take
+    ``x`` (`native_input_ok`) or, after one RuntimeWarning, is unavailable or fails."""
+    if not native_input_ok(x):
+        return None
+    fn = _native_kernel()
+    if fn is None:
+        return None
+    n, d = x.shape
+    src = x.detach().resolve_neg()
+    if src.stride(1) != 1 or (n > 1 and src.stride(0) < d):
+        src = src.contiguous()
+    steps, constants = _native_arrays(program)
+    out = torch.empty(program.outputs, d, dtype=x.dtype)
+    cfg = torch.tensor([NATIVE_DTYPES[x.dtype], n, program.scratch, program.outputs, steps.shape[0],
+                        constants.shape[0], d, src.stride(0) if n > 1 else d, d, chunk or NATIVE_BLOCK_COLUMNS,
+                        torch.get_num_threads()], dtype=torch.int64)
+    code = fn(src.data_ptr(), out.data_ptr(), cfg.data_ptr(), steps.data_ptr(), constants.data_ptr())
+    if code == 0:
+        return out
+    if code not in _native_failed:
+        _native_failed.add(code)
+        warnings.warn(f"byzbench native sorting-network kernel failed (code {code}: "
+                      f"{'out of memory' if code == -1 else 'invalid program'}); using the eager backend",
+                      RuntimeWarning, stacklevel=3)
+    return None
+
+
 # ---------------------------------------------------------------------------- public API
 
 
@@ -657,8 +726,13 @@ def execute(program: Program, x: torch.Tensor, *, backend: str | None = None,
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
     if x.requires_grad and torch.is_grad_enabled():  # ``out=`` steps cannot be differentiated
         return network_function(program)(x)
-    if check_backend(backend) == "compile" and x.shape[1] >= COMPILE_MIN_COLUMNS:
+    chosen = check_backend(backend)
+    if chosen == "compile" and x.shape[1] >= COMPILE_MIN_COLUMNS:
         out = _run_compiled(program, x)
+        if out is not None:
+            return out
+    if chosen == "native" and x.shape[1] >= NATIVE_MIN_COLUMNS:
+        out = _run_native(program, x, chunk)
         if out is not None:
             return out
     return run_program(program, x, chunk)
