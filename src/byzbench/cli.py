@@ -10,7 +10,7 @@
     byzbench data where [--root DIR]
     byzbench bench defenses [--n 25] [--d 500000] [--f 5] [--reps N] [--rules a,b,...]
                             [--threads T] [--device cpu|cuda] [--dtype float32] [--json FILE]
-                            [--sizes d1,d2,...] [--budget S] [--sortnet eager|compile]
+                            [--sizes d1,d2,...] [--budget S] [--sortnet eager|compile|native]
                             [--clock wall|cpu] [--check]
     byzbench sweep | report | calibrate | stress | ...   (modules of byzbench.commands)
 
@@ -134,7 +134,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     p.add_argument("--sizes", help="comma-separated d values: report ns per coordinate at each size")
     p.add_argument("--sortnet", help="sorting-network backend of CM/TM and the rules built on them: "
-                                     "eager (default) or compile (torch.compile; compiled in the warm-up)")
+                                     "eager (default), compile (torch.compile; compiled in the warm-up) or "
+                                     "native (C interpreter; built once per machine, about 0.4 s)")
     p.add_argument("--clock", default="wall", help="wall (default) or cpu: the process's CPU time, "
                                                    "steadier with --threads 1 on a shared machine")
     p.add_argument("--check", action="store_true", help="exit with status 1 if a rule errs or misses its target")

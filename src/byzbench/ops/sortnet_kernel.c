@@ -43,62 +43,57 @@ enum { CFG_DTYPE, CFG_N, CFG_SCRATCH, CFG_OUTPUTS, CFG_STEPS, CFG_CONSTANTS, CFG
        CFG_OUT_STRIDE, CFG_BLOCK, CFG_THREADS, CFG_LEN };
 
 enum { DTYPE_FLOAT32, DTYPE_FLOAT64 };
-enum { ALIGN = 64 };
+/* ALIGN: bytes of alignment of the scratch rows; GROUP: columns of one unrolled group. */
+enum { ALIGN = 64, GROUP = 64 };
 
 static void *aligned(size_t bytes) {
     size_t size = (bytes + ALIGN - 1) / ALIGN * ALIGN;
     return aligned_alloc(ALIGN, size ? size : ALIGN);
 }
 
-/* One step over len columns, for a rows' type T. Operands and output are rows of one
- * block: the output is the same row as an operand or disjoint from both, so the loops
- * may be vectorised (omp simd) despite the possible aliasing. */
+/* The element rules, with u = a[i] and v = b[i] (c: the step's constant). */
+#define RULE_MIN (u < v || u != u) ? u : v
+#define RULE_MAX (u > v || u != u) ? u : v
+#define RULE_FMIN (u < v || v != v) ? u : v
+#define RULE_FMAX (u > v || v != v) ? u : v
+
+/* o[i] = RULE for i in [0, len): whole groups of GROUP columns (a fixed trip count,
+ * compiled into whole vectors without peeling), then the remainder one by one. The
+ * output row is an operand row or disjoint from both, so vectorising is safe. */
+#define LOOP(T, RULE)                                                                            \
+    do {                                                                                         \
+        int64_t full = len - len % GROUP;                                                        \
+        for (int64_t j = 0; j < full; j += GROUP) {                                              \
+            _Pragma("omp simd") for (int64_t i = j; i < j + GROUP; i++) {                        \
+                T u = a[i], v = b[i];                                                            \
+                (void)v;                                                                         \
+                o[i] = RULE;                                                                     \
+            }                                                                                    \
+        }                                                                                        \
+        for (int64_t i = full; i < len; i++) {                                                   \
+            T u = a[i], v = b[i];                                                                \
+            (void)v;                                                                             \
+            o[i] = RULE;                                                                         \
+        }                                                                                        \
+    } while (0)
+
+/* One step over len columns, for a rows' type T. */
 #define DEFINE_STEP(T, SUFFIX)                                                                   \
     static void step_##SUFFIX(int op, T *o, const T *a, const T *b, T c, int64_t len) {         \
         switch (op) {                                                                            \
-        case OP_MIN:                                                                             \
-            _Pragma("omp simd") for (int64_t i = 0; i < len; i++) {                              \
-                T u = a[i], v = b[i];                                                            \
-                o[i] = (u < v || u != u) ? u : v;                                                \
-            }                                                                                    \
-            break;                                                                               \
-        case OP_MAX:                                                                             \
-            _Pragma("omp simd") for (int64_t i = 0; i < len; i++) {                              \
-                T u = a[i], v = b[i];                                                            \
-                o[i] = (u > v || u != u) ? u : v;                                                \
-            }                                                                                    \
-            break;                                                                               \
-        case OP_ADD:                                                                             \
-            _Pragma("omp simd") for (int64_t i = 0; i < len; i++) o[i] = a[i] + b[i];            \
-            break;                                                                               \
+        case OP_MIN: LOOP(T, RULE_MIN); break;                                                   \
+        case OP_MAX: LOOP(T, RULE_MAX); break;                                                   \
+        case OP_ADD: LOOP(T, u + v); break;                                                      \
         case OP_COPY:                                                                            \
             if (o != a)                                                                          \
                 memcpy(o, a, sizeof(T) * (size_t)len);                                           \
             break;                                                                               \
-        case OP_SUB:                                                                             \
-            _Pragma("omp simd") for (int64_t i = 0; i < len; i++) o[i] = a[i] - b[i];            \
-            break;                                                                               \
-        case OP_SCALE:                                                                           \
-            _Pragma("omp simd") for (int64_t i = 0; i < len; i++) o[i] = a[i] * c;               \
-            break;                                                                               \
-        case OP_DIVIDE:                                                                          \
-            _Pragma("omp simd") for (int64_t i = 0; i < len; i++) o[i] = a[i] / c;               \
-            break;                                                                               \
-        case OP_GREATER:                                                                         \
-            _Pragma("omp simd") for (int64_t i = 0; i < len; i++) o[i] = a[i] > b[i] ? (T)1 : (T)0; \
-            break;                                                                               \
-        case OP_FMIN:                                                                            \
-            _Pragma("omp simd") for (int64_t i = 0; i < len; i++) {                              \
-                T u = a[i], v = b[i];                                                            \
-                o[i] = (u < v || v != v) ? u : v;                                                \
-            }                                                                                    \
-            break;                                                                               \
-        case OP_FMAX:                                                                            \
-            _Pragma("omp simd") for (int64_t i = 0; i < len; i++) {                              \
-                T u = a[i], v = b[i];                                                            \
-                o[i] = (u > v || v != v) ? u : v;                                                \
-            }                                                                                    \
-            break;                                                                               \
+        case OP_SUB: LOOP(T, u - v); break;                                                      \
+        case OP_SCALE: LOOP(T, u * c); break;                                                    \
+        case OP_DIVIDE: LOOP(T, u / c); break;                                                   \
+        case OP_GREATER: LOOP(T, u > v ? (T)1 : (T)0); break;                                    \
+        case OP_FMIN: LOOP(T, RULE_FMIN); break;                                                 \
+        case OP_FMAX: LOOP(T, RULE_FMAX); break;                                                 \
         }                                                                                        \
     }
 
