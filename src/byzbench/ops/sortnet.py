@@ -51,7 +51,7 @@ Three backends run a program (`execute`):
 
 - ``"native"`` (opt-in): the C interpreter ``byzbench/ops/sortnet_kernel.c``, built by
   `byzbench.ops.native` with the system C compiler once per machine and source version
-  (about 0.4 s; cached in ``~/.cache/byzbench/native``). It takes the program as int32
+  (0.4–0.6 s; cached in ``~/.cache/byzbench/native``). It takes the program as int32
   steps and runs every step as one vectorised loop over a block of columns sized to stay
   in L2 (`native_block_columns`), the blocks shared among torch's threads by OpenMP.
   float32/float64 CPU rows only (others, autograd and a missing compiler: eager, the
@@ -60,9 +60,14 @@ Three backends run a program (`execute`):
   step the payload may differ, and that FMIN/FMAX give the second operand of a +0/−0 tie
   (NumPy's vector loop) where NumPy's scalar remainder loop gives the first, so a zero's
   sign may differ — in both cases the eager result itself depends on the block width.
-  Measured at n = 25, d = 500,000, float32, one core: about 4.5–5.5× one read of the
-  input for a median, 6–7× for the b = 5 trimmed mean, 7–8× for MeaMed; on 2 threads
-  about 3×, 3.6× and 4.1×. No compilation wait, and faster than eager at every width.
+  Measured at n = 25, d = 500,000, float32, one core of the shared 2-core Zen 5 machine
+  (CPU time, against one read of the input): the program alone about 4.5–5.5× for a
+  median, 6–6.5× for the b = 5 trimmed mean, 7× for MeaMed (2 threads: 3×, 3.6×, 4.1×);
+  the rules (``byzbench bench defenses``, non-finite screen included) CM 8.5 ms, TM and
+  RBTM 10.2 ms, MeaMed 11.3 ms (eager: 11.7, 15.7, 15.3, 17.6 ms; compile: 5.0, 9.4,
+  6.8, 9.7 ms), i.e. 5.6–8.6× one read; on 2 threads (wall clock) 5–6.5× (eager
+  15–19.5×). No compilation wait, and faster than eager at every width (25 rows:
+  25–50 µs a call below 1,000 columns, eager 60–80 µs).
 
 The process-wide default backend is ``"eager"``. ``BYZBENCH_SORTNET_BACKEND=native`` (or
 ``compile``) in the environment, `set_default_backend` or the `use_backend` context manager change it
@@ -116,8 +121,8 @@ COMPILE_MIN_COLUMNS = 4096
 NATIVE_KERNEL = "sortnet_kernel"
 #: Bytes of input, scratch and output rows one block of the native backend may occupy
 #: (within a core's L2 cache), and the fewest and most columns of such a block (measured
-#: at n = 25 on Zen 5: 256-column blocks about 1.5x slower than 2048-4096, float64's
-#: 4096-column blocks, 1.6 MB, slower than 2048).
+#: at n = 25 on Zen 5, float32: 256-column blocks about 1.4× slower than 2048–4096;
+#: float64: 4096-column blocks, 1.6 MB, about 8% slower than 2048).
 NATIVE_BLOCK_BYTES = 768 << 10
 NATIVE_BLOCK_COLUMNS = (256, 4096)
 #: Narrower inputs run eagerly even under the native backend (one ctypes call costs
