@@ -120,7 +120,7 @@ def test_unknown_rule_exits_2_naming_it(capsys):
      (["--sizes", "10,0"], "--sizes: needs one or more integers ≥ 1"),
      (["--rules", "median(mode=upper)"], "mode must be one of"),
      (["--rules", "trmean(c=1)"], "has no parameter 'c'"),
-     (["--sortnet", "fast"], "--sortnet: must be one of ('eager', 'compile')"),
+     (["--sortnet", "fast"], "--sortnet: must be one of ('eager', 'compile', 'native')"),
      (["--clock", "gpu"], "--clock: must be one of wall, cpu"),
      (["--json", "no/such/folder/out.json"], "--json: folder of no/such/folder/out.json does not exist")],
 )

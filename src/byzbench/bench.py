@@ -19,8 +19,9 @@ that need a server gradient (FLTrust) get a fixed one through
 ``AggregationContext.server_gradient``; randomised rules get a generator seeded 0.
 
 Options: ``sortnet`` picks the sorting-network backend of `byzbench.ops.sortnet` for the
-run (its compilation falls in the untimed warm-up); ``clock="cpu"`` times the process's
-CPU time instead of wall time, steadier with one thread on a shared machine.
+run (its compilation, or the native kernels' build, falls in the untimed warm-up);
+``clock="cpu"`` times the process's CPU time instead of wall time, steadier with one
+thread on a shared machine.
 
 ``bench_sizes`` times the rules over several d and reports nanoseconds per coordinate,
 which shows where a rule's working set stops fitting in the caches (`cache_sizes`).

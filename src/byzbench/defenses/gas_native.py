@@ -5,7 +5,7 @@ whether it takes the input, and `native_krum_scores` runs it: one row-wise gathe
 the permuted columns, then per chunk, in cache, a float32 Gram matrix (recomputed in
 float64 for a chunk where it is not finite, as the eager path does), the base's
 selection and aggregate, and float64 distances from every row to it. Used by
-`byzbench.defenses.gas.GAS` under the compile backend of `byzbench.ops.sortnet`.
+`byzbench.defenses.gas.GAS` under the compile or native backend of `byzbench.ops.sortnet`.
 """
 
 from __future__ import annotations
