@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from byzbench.attacks import AttackerView
+from byzbench.ops import native
 from byzbench.models.layout import ParamLayout
 
 
@@ -38,3 +44,18 @@ def reference_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: int) 
         F.cross_entropy(model(xc), yc).backward()
         rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
     return torch.stack(rows)
+
+
+@contextlib.contextmanager
+def fresh_native_build(cache: Path, name: str) -> Iterator[None]:
+    """Native kernel ``name`` built into the empty cache folder ``cache`` for the duration
+    of the block (a build failure fails the test); the process forgets it afterwards."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv(native.CACHE_ENV, str(cache))
+    native.forget(name)
+    try:
+        assert native.load(name) is not None
+        yield
+    finally:
+        native.forget(name)
+        mp.undo()

@@ -21,6 +21,7 @@ from byzbench.defenses.gas import GAS, random_permutation
 from byzbench.defenses.gas_native import KERNEL, krum_plan, native_krum_scores
 from byzbench.ops import native
 from byzbench.ops.sortnet import use_backend
+from helpers import fresh_native_build
 
 pytestmark = pytest.mark.skipif(native.find_compiler() is None, reason="no C compiler ($CC, cc, gcc or clang) found")
 
@@ -28,13 +29,8 @@ pytestmark = pytest.mark.skipif(native.find_compiler() is None, reason="no C com
 @pytest.fixture(scope="module", autouse=True)
 def built_kernel(tmp_path_factory):
     """The kernel built once into a fresh cache folder (a build failure fails the tests)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv(native.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
-    native.forget(KERNEL)
-    assert native.load(KERNEL) is not None
-    yield
-    native.forget(KERNEL)
-    mp.undo()
+    with fresh_native_build(tmp_path_factory.mktemp("cache"), KERNEL):
+        yield
 
 
 def gen(seed: int) -> torch.Generator:

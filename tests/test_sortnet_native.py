@@ -42,6 +42,7 @@ from byzbench.ops.sortnet import (
     sum_of_ranks,
     use_backend,
 )
+from helpers import fresh_native_build
 
 pytestmark = pytest.mark.skipif(native.find_compiler() is None, reason="no C compiler ($CC, cc, gcc or clang) found")
 
@@ -53,13 +54,8 @@ D = 1237  # not a multiple of any block width below
 @pytest.fixture(scope="module", autouse=True)
 def built_kernel(tmp_path_factory):
     """The kernel built once into a fresh cache folder (a build failure fails the tests)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv(native.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
-    native.forget(NATIVE_KERNEL)
-    assert native.load(NATIVE_KERNEL) is not None
-    yield
-    native.forget(NATIVE_KERNEL)
-    mp.undo()
+    with fresh_native_build(tmp_path_factory.mktemp("cache"), NATIVE_KERNEL):
+        yield
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])

@@ -10,7 +10,6 @@ selection and aggregate, and float64 distances from every row to it. Used by
 
 from __future__ import annotations
 
-import ctypes
 import warnings
 from dataclasses import dataclass
 from functools import cache
@@ -125,13 +124,7 @@ def native_krum_scores(x: torch.Tensor, perm: torch.Tensor, size: int, full: int
 
 def _kernel() -> Any:
     """The kernel's entry point with its ctypes signature, or None (`native.load` warns)."""
-    lib = native.load(KERNEL)
-    if lib is None:
-        return None
-    fn = lib.byzbench_gas_krum_scores
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 8
-    return fn
+    return native.entry(KERNEL, "byzbench_gas_krum_scores", 8)
 
 
 @cache

@@ -123,6 +123,18 @@ def load(name: str) -> ctypes.CDLL | None:
         return lib
 
 
+def entry(name: str, symbol: str, nargs: int) -> ctypes._CFuncPtr | None:
+    """Function ``symbol`` of kernel ``name`` taking ``nargs`` pointers and returning an
+    int status (the convention of every kernel here), or None where `load` gives None."""
+    lib = load(name)
+    if lib is None:
+        return None
+    fn = getattr(lib, symbol)
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * nargs
+    return fn
+
+
 def _try_load(name: str) -> ctypes.CDLL | None:
     compiler = find_compiler()
     if compiler is None:
@@ -152,5 +164,5 @@ def forget(name: str | None = None) -> None:
             _loaded.pop(name, None)
 
 
-__all__ = ["CACHE_ENV", "EXTRA_FLAGS", "FLAGS", "build", "cache_dir", "cpu_signature", "find_compiler", "forget",
-           "kernel_flags", "library_path", "load"]
+__all__ = ["CACHE_ENV", "EXTRA_FLAGS", "FLAGS", "build", "cache_dir", "cpu_signature", "entry", "find_compiler",
+           "forget", "kernel_flags", "library_path", "load"]

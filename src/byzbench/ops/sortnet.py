@@ -83,7 +83,6 @@ for every backend, block size and row permutation.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import threading
 import warnings
@@ -669,13 +668,7 @@ def _native_arrays(program: Program) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _native_kernel() -> Callable[..., int] | None:
     """The kernel's entry point with its ctypes signature, or None (`native.load` warns)."""
-    lib = native.load(NATIVE_KERNEL)
-    if lib is None:
-        return None
-    fn = lib.byzbench_sortnet_run
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 5
-    return fn
+    return native.entry(NATIVE_KERNEL, "byzbench_sortnet_run", 5)
 
 
 def _run_native(program: Program, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor | None:
