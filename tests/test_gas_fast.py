@@ -22,6 +22,7 @@ from byzbench.defenses.gas import GAS
 from byzbench.defenses.krum import drop_value, iterative_krum
 from byzbench.ops.distances import distance_matrix
 from byzbench.ops.sortnet import execute
+from gas_reference import chunk_scores, krum_pick, lowest, mean_rows, window_mean
 
 F64 = torch.float64
 
@@ -33,69 +34,14 @@ def gen(seed: int) -> torch.Generator:
 # --------------------------------------------------------------------------- plain references
 
 
-def sq_dist(a: list[float], b: list[float]) -> float:
-    return math.fsum((u - v) ** 2 for u, v in zip(a, b))
-
-
-def krum_pick(rows: list[list[float]], remaining: list[int], f: int) -> list[float]:
-    """Krum scores (k = r − f − 2 nearest others, clamped to [1, r − 1]) of the remaining rows."""
-    r = len(remaining)
-    k = min(max(r - f - 2, 1), r - 1)
-    return [math.fsum(sorted(sq_dist(rows[i], rows[j]) for j in remaining if j != i)[:k]) for i in remaining]
-
-
-def lowest(scores: list[float], k: int) -> list[int]:
-    """Positions of the k lowest scores, ties to the lowest position."""
-    return sorted(range(len(scores)), key=lambda i: (scores[i], i))[:k]
-
-
-def ref_multikrum(rows: list[list[float]], f: int) -> list[float]:
-    keep = lowest(krum_pick(rows, list(range(len(rows))), f), len(rows) - f)
-    return [math.fsum(rows[i][j] for i in keep) / len(keep) for j in range(len(rows[0]))]
-
-
-def ref_krum(rows: list[list[float]], f: int) -> list[float]:
-    return list(rows[lowest(krum_pick(rows, list(range(len(rows))), f), 1)[0]])
-
-
-def ref_bulyan(rows: list[list[float]], f: int) -> list[float]:
-    """θ = n − 2f rows by iterative Krum, then per coordinate the mean of the β = θ − 2f values
-    closest to the (midpoint) median, ties in distance to the lower value."""
-    remaining, chosen = list(range(len(rows))), []
-    for _ in range(len(rows) - 2 * f):
-        chosen.append(remaining.pop(lowest(krum_pick(rows, remaining, f), 1)[0]))
-    beta = len(chosen) - 2 * f
-    return [window_mean(sorted(rows[i][j] for i in chosen), beta) for j in range(len(rows[0]))]
-
-
-def window_mean(values: list[float], beta: int, lower: bool = False) -> float:
-    """Mean of the β values closest to the median of the sorted ``values`` (ties: the lower)."""
-    t = len(values)
-    c = (t - 1) // 2
-    med = values[c] if t % 2 or lower else (values[c] + values[c + 1]) / 2
-    picked = sorted(range(t), key=lambda i: (abs(values[i] - med), values[i], i))[:beta]
-    return math.fsum(values[i] for i in picked) / beta
-
-
-BASES = {"bulyan": ref_bulyan, "krum": ref_krum, "multikrum": ref_multikrum}
-
-
 def ref_gas(x: torch.Tensor, f: int, p: int, base: str, seed: int) -> tuple[list[float], list[int]]:
     """GAS by the spec: chunks of the permutation drawn as GAS draws it, the base on each,
     plain ℓ2 distances summed, the n − f lowest scores averaged."""
-    rows = x.double().tolist()
-    n, d = len(rows), len(rows[0])
+    d = x.shape[1]
     size = -(-d // min(p, d))
     perm = torch.randperm(d, generator=gen(seed)).tolist()
-    scores = [0.0] * n
-    for s in range(0, d, size):
-        cols = perm[s : s + size]
-        chunk = [[row[j] for j in cols] for row in rows]
-        a = BASES[base](chunk, f)
-        for i in range(n):
-            scores[i] += math.sqrt(sq_dist(chunk[i], a))
-    keep = sorted(lowest(scores, n - f))
-    return [math.fsum(rows[i][j] for i in keep) / len(keep) for j in range(d)], keep
+    keep = sorted(lowest(chunk_scores(x, perm, size, base, f), x.shape[0] - f))
+    return mean_rows(x.double().tolist(), keep), keep
 
 
 def assert_rel_close(got: torch.Tensor, want: list[float], rel: float = 1e-5) -> None:

@@ -21,6 +21,7 @@ from byzbench.defenses.gas import GAS, random_permutation
 from byzbench.defenses.gas_native import KERNEL, krum_plan, native_krum_scores
 from byzbench.ops import native
 from byzbench.ops.sortnet import use_backend
+from gas_reference import BASES, chunk_scores
 from helpers import fresh_native_build
 
 pytestmark = pytest.mark.skipif(native.find_compiler() is None, reason="no C compiler ($CC, cc, gcc or clang) found")
@@ -35,66 +36,6 @@ def built_kernel(tmp_path_factory):
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-# --------------------------------------------------------------------------- plain references
-
-
-def sq(a: list[float], b: list[float]) -> float:
-    return math.fsum((u - v) ** 2 for u, v in zip(a, b))
-
-
-def krum_scores(rows: list[list[float]], remaining: list[int], f: int) -> list[float]:
-    r = len(remaining)
-    k = min(max(r - f - 2, 1), r - 1)
-    return [math.fsum(sorted(sq(rows[i], rows[j]) for j in remaining if j != i)[:k]) for i in remaining]
-
-
-def best(scores: list[float], k: int) -> list[int]:
-    return sorted(range(len(scores)), key=lambda i: (scores[i], i))[:k]
-
-
-def mean_rows(rows: list[list[float]], idx: list[int]) -> list[float]:
-    return [math.fsum(rows[i][j] for i in idx) / len(idx) for j in range(len(rows[0]))]
-
-
-def ref_krum(rows, f):
-    return list(rows[best(krum_scores(rows, list(range(len(rows))), f), 1)[0]])
-
-
-def ref_multikrum(rows, f):
-    return mean_rows(rows, best(krum_scores(rows, list(range(len(rows))), f), len(rows) - f))
-
-
-def ref_bulyan(rows, f):
-    remaining, chosen = list(range(len(rows))), []
-    for _ in range(len(rows) - 2 * f):
-        chosen.append(remaining.pop(best(krum_scores(rows, remaining, f), 1)[0]))
-    beta = len(chosen) - 2 * f
-    out = []
-    for j in range(len(rows[0])):
-        v = sorted(rows[i][j] for i in chosen)
-        c = (len(v) - 1) // 2
-        med = v[c] if len(v) % 2 else (v[c] + v[c + 1]) / 2
-        picked = sorted(v, key=lambda u: (abs(u - med), u))[:beta]
-        out.append(math.fsum(picked) / beta)
-    return out
-
-
-BASES = {"bulyan": ref_bulyan, "krum": ref_krum, "multikrum": ref_multikrum}
-
-
-def ref_full_chunk_scores(x: torch.Tensor, perm: list[int], size: int, base: str, f: int) -> list[float]:
-    """Σ over the full chunks of ‖x_i[P_q] − BASE(x[:, P_q])‖, in float64."""
-    rows = x.double().tolist()
-    n, d = len(rows), len(rows[0])
-    scores = [0.0] * n
-    for s in range(0, d // size * size, size):
-        chunk = [[row[j] for j in perm[s : s + size]] for row in rows]
-        a = BASES[base](chunk, f)
-        for i in range(n):
-            scores[i] += math.sqrt(sq(chunk[i], a))
-    return scores
 
 
 def separated_rows(n: int, d: int, f: int, seed: int) -> torch.Tensor:
@@ -129,7 +70,7 @@ def test_native_scores_match_float64_loop_and_gas_matches_eager(base, n, d, f, p
     size = -(-d // min(p, d))
     perm = random_permutation(d, gen(1))
     got = native_krum_scores(x, perm, size, d // size, krum_plan(rule.base, n, f))
-    want = torch.tensor(ref_full_chunk_scores(x, perm.tolist(), size, base, f), dtype=torch.float64)
+    want = torch.tensor(chunk_scores(x, perm.tolist(), size, base, f, full_only=True), dtype=torch.float64)
     assert got is not None and got.dtype == torch.float64
     assert float(((got - want).abs() / want.abs().clamp_min(1e-12)).max()) <= 1e-5
 
@@ -219,7 +160,7 @@ def test_float32_gram_overflow_falls_back_to_float64(base, scale):
         mp.setattr(gas_native, "GRAM32", False)
         float64_gram = native_krum_scores(x, perm, 12, 5, plan)
     assert bool(torch.isfinite(got).all()) and torch.equal(got, float64_gram)
-    want = torch.tensor(ref_full_chunk_scores(x, perm.tolist(), 12, base, f), dtype=torch.float64)
+    want = torch.tensor(chunk_scores(x, perm.tolist(), 12, base, f, full_only=True), dtype=torch.float64)
     assert float(((got - want).abs() / want.abs()).max()) <= 1e-5
     eager, kept_eager = gas_call(rule, x, f, "eager", seed=2)
     fast, kept_fast = gas_call(rule, x, f, "compile", seed=2)
