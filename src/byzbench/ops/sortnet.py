@@ -69,15 +69,15 @@ Three backends run a program (`execute`):
   15–19.5×). No compilation wait, and faster than eager at every width (25 rows:
   25–50 µs a call below 1,000 columns, eager 60–80 µs).
 
-The process-wide default backend is ``"eager"``. ``BYZBENCH_SORTNET_BACKEND=native`` (or
-``compile``) in the environment, `set_default_backend` or the `use_backend` context manager change it
-for every rule built on these functions (CM, TM, RBTM, Aksel, MeaMed, …); every
-function also takes ``backend=``.
+The process-wide default backend is ``"eager"``. ``BYZBENCH_SORTNET_BACKEND=native``
+(or ``compile``) in the environment, `set_default_backend` or the `use_backend` context
+manager change it for every rule built on these functions (CM, TM, RBTM, Aksel, MeaMed,
+…); every function also takes ``backend=``.
 
 Results are exact: a comparator network is a permutation of each column, so order
-statistics equal those of a full sort, whatever the backend, block size or thread count; sums of ranks
-are accumulated one rank at a time in ascending rank order, so they are bitwise the same
-for every backend, block size and row permutation.
+statistics equal those of a full sort, whatever the backend, block size or thread
+count; sums of ranks are accumulated one rank at a time in ascending rank order, so they
+are bitwise the same for every backend, block size and row permutation.
 """
 
 from __future__ import annotations
